@@ -1,0 +1,114 @@
+"""One exception root for the whole service; `retriable` says whether trying again can help."""
+
+from __future__ import annotations
+
+
+class IngestorError(Exception):
+    """Root of every error the service raises on purpose.
+
+    Foreign exceptions (aiohttp, aiokafka, orjson) are converted at the boundary
+    with ``raise ... from exc`` so callers only ever catch this tree.
+    """
+
+    retriable: bool = False
+
+    def __init__(self, message: str = "", *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        if self.request_id:
+            return f"{self.message} (request {self.request_id})"
+        return self.message
+
+
+class ConfigError(IngestorError):
+    """Bad configuration; the CLI exits with code 2 before anything starts."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"config: {setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+class ClosedError(IngestorError):
+    """A resource was used after it was closed."""
+
+
+# --- Stripe API -------------------------------------------------------------------------------
+
+
+class StripeError(IngestorError):
+    """Stripe answered with an error, or did not answer usably."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        error_type: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status = status
+        self.error_type = error_type
+        self.code = code
+
+
+class StripeConnectionError(StripeError):
+    """Connection refused/reset, timeout or stall before a full response arrived."""
+
+    retriable = True
+
+
+class StripeServerError(StripeError):
+    """HTTP >= 500 or 409 (Stripe asks callers to retry these)."""
+
+    retriable = True
+
+
+class StripeRateLimited(StripeError):
+    """HTTP 429: over the rate budget; back off and slow the shared budget down."""
+
+    retriable = True
+
+
+class MalformedResponse(StripeError):
+    """A body that is not the JSON Stripe promises (HTML error page, truncated JSON)."""
+
+    retriable = True
+
+
+class StripeAuthError(StripeError):
+    """HTTP 401/403: the key is wrong or lacks permission. Retrying cannot help."""
+
+
+class StripeNotFound(StripeError):
+    """HTTP 404: the object does not exist (any more)."""
+
+
+class StripeInvalidRequest(StripeError):
+    """HTTP 400 and other 4xx: the request itself is wrong."""
+
+
+class CursorExpired(StripeInvalidRequest):
+    """A stored cursor or window start is older than Stripe's 30-day retention."""
+
+
+# --- Kafka ------------------------------------------------------------------------------------
+
+
+class KafkaUnavailable(IngestorError):
+    """The broker cannot be reached or a transaction could not be completed."""
+
+    retriable = True
+
+
+class Fenced(IngestorError):
+    """Another process took over this shard's transactional id; this one must stop."""
+
+
+class StateCorrupt(IngestorError):
+    """A state record could not be decoded; refusing to guess a cursor."""

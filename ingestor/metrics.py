@@ -1,0 +1,117 @@
+"""Prometheus metrics of the service, in one registry so tests and /metrics see the same."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_PUBLISHED = Counter(
+    "ingestor_events_published",
+    "Events committed to Kafka, by source api and event type.",
+    ["source", "type"],
+    registry=REGISTRY,
+)
+API_REQUESTS = Counter(
+    "ingestor_api_requests",
+    "Stripe API requests by endpoint (path template) and HTTP status (or 'error').",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+)
+API_RETRIES = Counter(
+    "ingestor_api_retries",
+    "Stripe API requests retried, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "ingestor_rate_limited",
+    "HTTP 429 answers from Stripe.",
+    registry=REGISTRY,
+)
+RATE_BUDGET = Gauge(
+    "ingestor_rate_budget_requests_per_second",
+    "Current shared request budget after adapting to 429s.",
+    registry=REGISTRY,
+)
+EVENT_LAG = Histogram(
+    "ingestor_event_lag_seconds",
+    "Now minus event created, at commit.",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400, 604800, 2592000),
+    registry=REGISTRY,
+)
+DUPLICATES_SKIPPED = Counter(
+    "ingestor_duplicates_skipped",
+    "Events read again (overlap re-reads, sweeps) and skipped as already published.",
+    ["source"],
+    registry=REGISTRY,
+)
+DLQ_EVENTS = Counter(
+    "ingestor_dlq_events",
+    "Events written to the dead-letter topic, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+HYDRATION_REQUESTS = Counter(
+    "ingestor_hydration_requests",
+    "Related-object fetches for thin events, by result (ok, not_found, failed, coalesced).",
+    ["result"],
+    registry=REGISTRY,
+)
+TRANSACTIONS = Counter(
+    "ingestor_transactions",
+    "Kafka transactions by outcome (committed, aborted).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+BATCH_EVENTS = Histogram(
+    "ingestor_batch_events",
+    "Events per committed batch.",
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000),
+    registry=REGISTRY,
+)
+WATERMARK_AGE = Gauge(
+    "ingestor_watermark_age_seconds",
+    "Now minus the partition's watermark (newest event time fully committed).",
+    ["partition"],
+    registry=REGISTRY,
+)
+CURSOR_GAP_ALARM = Gauge(
+    "ingestor_cursor_gap_alarm",
+    "1 while a partition's cursor is older than the gap threshold (retention cliff ahead).",
+    ["partition"],
+    registry=REGISTRY,
+)
+CURSOR_EXPIRED = Counter(
+    "ingestor_cursor_expired",
+    "Windows lost because a cursor aged out of Stripe's 30-day retention.",
+    ["partition"],
+    registry=REGISTRY,
+)
+BACKFILL_EVENTS = Counter(
+    "ingestor_backfill_events",
+    "Events published by backfill.",
+    registry=REGISTRY,
+)
+BACKFILL_SLICES = Gauge(
+    "ingestor_backfill_slices",
+    "Backfill slices by state (total, done).",
+    ["state"],
+    registry=REGISTRY,
+)
+BACKFILL_PROGRESS = Gauge(
+    "ingestor_backfill_progress_ratio",
+    "Share of the backfill time range committed (0..1).",
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "ingestor_errors",
+    "Errors by kind (exception class name), retried or fatal.",
+    ["kind"],
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "ingestor_ready",
+    "1 while /readyz answers ready.",
+    registry=REGISTRY,
+)
