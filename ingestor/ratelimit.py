@@ -1,0 +1,131 @@
+"""Async token buckets: the process-wide Stripe request budget and its sub-budgets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from ingestor.metrics import RATE_BUDGET
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+# A burst of 429s from one of Stripe's one-second windows must halve the rate once, not N times.
+DECREASE_INTERVAL = 1.0
+
+
+class RateBudget:
+    """A token bucket shared by every request that acquires it, with AIMD adaptation to 429s.
+
+    Waiters are served strictly first come, first served: `asyncio.Lock` hands itself to
+    the oldest waiter, and the holder sleeps exactly until its tokens exist, so nobody polls.
+    `on_rate_limited` halves the rate (at most once per second, never below `min_rate`);
+    `on_success` adds back a small step until the configured rate is reached again.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        burst: float | None = None,
+        min_rate: float = 1.0,
+        recovery: float = 0.005,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        report: bool = True,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, got {rate!r}")
+        self._configured = float(rate)
+        self._rate = float(rate)
+        self._min_rate = min(float(min_rate), self._configured)
+        # Small by default: a full bucket spent at once must not overshoot Stripe's 1 s window.
+        self._burst = float(burst) if burst is not None else max(1.0, rate / 10.0)
+        self._step = self._configured * recovery
+        self._clock = clock
+        self._sleep = sleep
+        self._report = report
+        self._tokens = self._burst
+        self._stamp = clock()
+        self._last_decrease: float | None = None
+        self._lock = asyncio.Lock()
+        self._publish()
+
+    @property
+    def rate(self) -> float:
+        """The current rate in requests per second (after any 429 decreases)."""
+        return self._rate
+
+    @property
+    def configured_rate(self) -> float:
+        return self._configured
+
+    @property
+    def burst(self) -> float:
+        return self._burst
+
+    def share(self, fraction: float) -> RateBudget:
+        """A sub-budget capping one class of traffic (e.g. sweeps) at `fraction` of this rate.
+
+        Callers acquire it in addition to this budget (see `StripeClient.request`'s
+        `extra_budgets`), so the class can never use more than its share of the whole.
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError(f"share must be in (0, 1], got {fraction!r}")
+        return RateBudget(
+            self._configured * fraction,
+            min_rate=min(self._min_rate, self._configured * fraction),
+            clock=self._clock,
+            sleep=self._sleep,
+            report=False,
+        )
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        """Waits (FIFO) until `cost` tokens are available and takes them."""
+        if cost <= 0:
+            return
+        async with self._lock:
+            # A cost above the burst could never be met in full; it is taken as debt instead.
+            need = min(cost, self._burst)
+            while True:
+                self._refill()
+                if self._tokens >= need:
+                    self._tokens -= cost
+                    return
+                await self._sleep((need - self._tokens) / self._rate)
+
+    def on_rate_limited(self) -> None:
+        """Stripe said 429: halve the rate (once per window) and drop any saved-up burst."""
+        self._refill()
+        self._tokens = min(self._tokens, 0.0)
+        now = self._clock()
+        if self._last_decrease is not None and now - self._last_decrease < DECREASE_INTERVAL:
+            return
+        self._last_decrease = now
+        self._rate = max(self._min_rate, self._rate * 0.5)
+        self._publish()
+
+    def on_success(self) -> None:
+        """A request went through: creep back towards the configured rate."""
+        if self._rate >= self._configured:
+            return
+        self._refill()
+        self._rate = min(self._configured, self._rate + self._step)
+        self._publish()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        elapsed = max(0.0, now - self._stamp)
+        self._stamp = now
+        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+
+    def _publish(self) -> None:
+        if self._report:
+            RATE_BUDGET.set(self._rate)
+
+    def __repr__(self) -> str:
+        return f"RateBudget(rate={self._rate:g}, configured={self._configured:g})"
+
+
+__all__ = ["RateBudget"]

@@ -1,0 +1,475 @@
+"""Stripe API client: auth, versions, rate budget, retries with backoff, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, Literal, Self, TypeVar
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+import orjson
+import structlog
+import yarl
+
+from ingestor import __version__
+from ingestor.config import StripeConfig
+from ingestor.errors import (
+    ClosedError,
+    ConfigError,
+    CursorExpired,
+    MalformedResponse,
+    StripeAuthError,
+    StripeConnectionError,
+    StripeError,
+    StripeInvalidRequest,
+    StripeNotFound,
+    StripeRateLimited,
+    StripeServerError,
+)
+from ingestor.metrics import API_REQUESTS, API_RETRIES, ERRORS, RATE_LIMITED
+from ingestor.ratelimit import RateBudget, Sleep
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Api = Literal["v1", "v2"]
+
+USER_AGENT = f"ingestor/{__version__} (stripe-kafka events ingestor)"
+# Sized for ~100 requests in flight (Stripe's live limit is 100 req/s), kept alive between polls.
+CONNECTION_LIMIT = 100
+KEEPALIVE_SECONDS = 30.0
+# A response that stops sending for this long is dead even if the total timeout is far off.
+DEFAULT_STALL_SECONDS = 10.0
+FILES_PREFIX = "/v1/files"
+MAX_MESSAGE = 300
+
+# A path segment is an id if it looks like Stripe's `prefix_...` with a digit, or is long.
+_ID_SEGMENT = re.compile(r"^(?:[A-Za-z]+_[A-Za-z0-9_]*\d[A-Za-z0-9_]*|[A-Za-z0-9_\-.]{25,})$")
+_RETENTION_HINTS = ("30 days", "retention", "too old", "older than", "no longer available")
+_CURSOR_PARAMS = frozenset({"starting_after", "ending_before", "created", "page"})
+
+
+@dataclass(frozen=True, slots=True)
+class Response(Generic[T]):
+    """A successful answer: the (parsed) JSON body and Stripe's `Request-Id`."""
+
+    body: T
+    request_id: str | None
+    status: int
+
+
+def endpoint_template(path: str) -> str:
+    """`/v1/charges/ch_123?x=1` -> `/v1/charges/{id}`: bounded metric label cardinality."""
+    path = path.split("?", 1)[0]
+    parts = ["{id}" if _ID_SEGMENT.match(p) else p for p in path.split("/")]
+    return "/".join(parts) or "/"
+
+
+def _identity(body: dict[str, Any]) -> dict[str, Any]:
+    return body
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # the HTTP-date form; Stripe does not send it, backoff covers it
+    return seconds if seconds >= 0 else None
+
+
+class _Failure(Exception):
+    """One failed attempt: the error to raise, and Stripe's retry hints from the headers."""
+
+    def __init__(
+        self,
+        error: StripeError,
+        should_retry: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.should_retry = should_retry
+        self.retry_after = retry_after
+
+
+class StripeClient:
+    """One aiohttp session to Stripe, shared by every source partition of the process.
+
+    `request` is the one door: it builds the URL (never leaving `api_base`'s origin),
+    sets auth/version/account headers, spends the rate budget(s), and retries retriable
+    failures with full-jitter exponential backoff. A 2xx body goes through `parse` inside
+    the retry loop, so a garbage 200 is retried like a truncated body.
+    """
+
+    def __init__(
+        self,
+        config: StripeConfig,
+        *,
+        budget: RateBudget | None = None,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+        stall_timeout: float | None = None,
+    ) -> None:
+        base = urlsplit(config.api_base.rstrip("/"))
+        if base.scheme not in ("http", "https") or not base.hostname:
+            raise ConfigError(
+                "stripe.api_base", f"expected an http(s) URL, got {config.api_base!r}"
+            )
+        if config.live and base.scheme != "https":
+            raise ConfigError("stripe.api_base", "a live key is only ever sent over https")
+        self._config = config
+        self._base = config.api_base.rstrip("/")
+        self._origin = (base.scheme, base.hostname, base.port or _default_port(base.scheme))
+        self._budget = budget if budget is not None else RateBudget(config.effective_rate_limit)
+        self._files_budget = RateBudget(config.files_rate_limit, report=False)
+        self._sleep = sleep
+        self._rng = rng
+        stall = stall_timeout if stall_timeout is not None else DEFAULT_STALL_SECONDS
+        self._timeout = aiohttp.ClientTimeout(
+            total=config.request_timeout, sock_read=min(stall, config.request_timeout)
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def api_version(self) -> str:
+        return self._config.api_version
+
+    @property
+    def budget(self) -> RateBudget:
+        return self._budget
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the session; safe to call more than once."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ClosedError("StripeClient is closed")
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=CONNECTION_LIMIT,
+                limit_per_host=CONNECTION_LIMIT,
+                keepalive_timeout=KEEPALIVE_SECONDS,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, raise_for_status=False
+            )
+        return self._session
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"StripeClient({self._base!r}, version={self.api_version!r}, {state})"
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def request_json(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Sequence[tuple[str, str]] = (),
+        account: str | None = None,
+        api: Api = "v1",
+        extra_budgets: Sequence[RateBudget] = (),
+        max_retries: int | None = None,
+        data: Mapping[str, str] | None = None,
+    ) -> Any:
+        """The JSON object Stripe answered with (see `request` for everything else)."""
+        response = await self.request(
+            method,
+            path_or_url,
+            params=params,
+            account=account,
+            api=api,
+            extra_budgets=extra_budgets,
+            max_retries=max_retries,
+            data=data,
+            parse=_identity,
+        )
+        return response.body
+
+    async def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        parse: Callable[[dict[str, Any]], T],
+        params: Sequence[tuple[str, str]] = (),
+        account: str | None = None,
+        api: Api = "v1",
+        extra_budgets: Sequence[RateBudget] = (),
+        max_retries: int | None = None,
+        data: Mapping[str, str] | None = None,
+    ) -> Response[T]:
+        """Sends one logical request, retrying per Stripe's rules; returns the parsed body.
+
+        `path_or_url`: a path (`/v1/events`), a path with query (a v2 `next_page_url`) or an
+        absolute URL under `api_base` (a `related_object.url`); any other origin is refused.
+        `parse` turns the JSON object into T and raises MalformedResponse to get a retry.
+        `extra_budgets` are acquired before the shared budget (a sweep's share cap).
+        """
+        session = self._open()
+        url, path = self._url(path_or_url, params)
+        endpoint = endpoint_template(path)
+        headers = self._headers(method, account, api)
+        budgets = [*extra_budgets]
+        if path.startswith(FILES_PREFIX):
+            budgets.append(self._files_budget)
+        budgets.append(self._budget)  # the shared one last: never hold its token while queued
+        retries = self._config.max_retries if max_retries is None else max(0, max_retries)
+        bound = log.bind(endpoint=endpoint, method=method, account=account)
+        attempt = 0
+        while True:
+            attempt += 1
+            for budget in budgets:
+                await budget.acquire()
+            try:
+                status, request_id, body = await self._attempt(
+                    session, method, url, headers, data, endpoint
+                )
+                try:
+                    result = parse(body)
+                except MalformedResponse as exc:
+                    raise _Failure(
+                        MalformedResponse(exc.message, status=status, request_id=request_id)
+                    ) from exc
+            except _Failure as failure:
+                error = failure.error
+                retry = error.retriable if failure.should_retry is None else failure.should_retry
+                ERRORS.labels(kind=type(error).__name__).inc()
+                if isinstance(error, StripeRateLimited):
+                    RATE_LIMITED.inc()
+                    for budget in budgets:
+                        budget.on_rate_limited()
+                bound.warning(
+                    "stripe request failed",
+                    status=error.status,
+                    request_id=error.request_id,
+                    attempt=attempt,
+                    error=type(error).__name__,
+                    error_type=error.error_type,
+                    code=error.code,
+                    message=error.message,
+                    will_retry=retry and attempt <= retries,
+                )
+                if not retry or attempt > retries:
+                    raise error from failure.__cause__
+                API_RETRIES.labels(reason=_retry_reason(error)).inc()
+                await self._sleep(self._backoff(attempt, failure.retry_after))
+                continue
+            for budget in budgets:
+                budget.on_success()
+            return Response(result, request_id, status)
+
+    async def _attempt(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: yarl.URL,
+        headers: Mapping[str, str],
+        data: Mapping[str, str] | None,
+        endpoint: str,
+    ) -> tuple[int, str | None, dict[str, Any]]:
+        """One HTTP exchange; every failure comes out as a `_Failure` wrapping a StripeError."""
+        status: int | None = None
+        request_id: str | None = None
+        try:
+            async with session.request(
+                method, url, headers=headers, data=dict(data) if data else None
+            ) as resp:
+                status = resp.status
+                request_id = resp.headers.get("Request-Id")
+                raw = await resp.read()
+                should_retry = resp.headers.get("Stripe-Should-Retry")
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except aiohttp.ClientPayloadError as exc:
+            API_REQUESTS.labels(endpoint=endpoint, status=str(status or "error")).inc()
+            raise _Failure(
+                MalformedResponse(
+                    f"truncated response body: {type(exc).__name__}",
+                    status=status,
+                    request_id=request_id,
+                )
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            API_REQUESTS.labels(endpoint=endpoint, status=str(status or "error")).inc()
+            what = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+            raise _Failure(
+                StripeConnectionError(
+                    f"no usable response from Stripe: {what}", status=status, request_id=request_id
+                )
+            ) from exc
+        API_REQUESTS.labels(endpoint=endpoint, status=str(status)).inc()
+        if 200 <= status < 300:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                head = self._scrub(raw[:40].decode("utf-8", "replace"))
+                raise _Failure(
+                    MalformedResponse(
+                        f"response is not JSON ({len(raw)} bytes, starts {head!r})",
+                        status=status,
+                        request_id=request_id,
+                    )
+                ) from exc
+            if not isinstance(body, dict):
+                raise _Failure(
+                    MalformedResponse(
+                        f"expected a JSON object, got {type(body).__name__}",
+                        status=status,
+                        request_id=request_id,
+                    )
+                )
+            return status, request_id, body
+        header = None if should_retry is None else should_retry.strip().lower() == "true"
+        raise _Failure(self._error(status, raw, request_id), header, retry_after)
+
+    def _error(self, status: int, raw: bytes, request_id: str | None) -> StripeError:
+        """Maps a non-2xx answer to the error family, quoting Stripe's type/code/message."""
+        err: dict[str, Any] = {}
+        try:
+            body = orjson.loads(raw)
+            if isinstance(body, dict) and isinstance(body.get("error"), dict):
+                err = body["error"]
+        except orjson.JSONDecodeError:
+            pass  # an HTML error page: the status alone decides
+        etype = _opt_str(err.get("type"))
+        code = _opt_str(err.get("code"))
+        message = self._scrub(_opt_str(err.get("message")) or "")
+        param = _opt_str(err.get("param"))
+        detail = "/".join(x for x in (etype, code) if x)
+        text = (
+            f"HTTP {status}"
+            + (f" {detail}" if detail else "")
+            + (f": {message}" if message else "")
+        )
+        if param:
+            text += f" (param {param})"
+        text = text[:MAX_MESSAGE]
+        cls: type[StripeError]
+        if status == 429:
+            cls = StripeRateLimited
+        elif status == 409 or status >= 500:
+            cls = StripeServerError
+        elif status in (401, 403):
+            cls = StripeAuthError
+        elif status == 404:
+            cls = StripeNotFound
+        elif status == 400 and _is_cursor_expired(param, message):
+            cls = CursorExpired
+        else:
+            cls = StripeInvalidRequest
+        return cls(text, status=status, request_id=request_id, error_type=etype, code=code)
+
+    def _scrub(self, text: str) -> str:
+        # Stripe masks keys in its messages, but a proxy or a test server might not.
+        key = self._config.api_key.reveal()
+        return text.replace(key, "[key]") if key else text
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        cap = min(self._config.backoff_max, self._config.backoff_base * 2.0 ** (attempt - 1))
+        delay = self._rng() * cap
+        if retry_after is not None:
+            # Honoured as a floor, but never beyond backoff_max: a huge value must not wedge us.
+            delay = max(delay, min(retry_after, self._config.backoff_max))
+        return delay
+
+    def _url(self, path_or_url: str, params: Sequence[tuple[str, str]]) -> tuple[yarl.URL, str]:
+        """The absolute URL to call and its path; refuses anything off `api_base`'s origin."""
+        full = self._base + path_or_url if path_or_url.startswith("/") else path_or_url
+        parts = urlsplit(full)
+        scheme = parts.scheme.lower()
+        try:
+            port = parts.port or _default_port(scheme)
+        except ValueError:
+            port = -1
+        if (scheme, parts.hostname, port) != self._origin:
+            # Never let a URL from a response carry the key to another host.
+            raise StripeInvalidRequest(
+                f"refusing a URL outside the API origin: {scheme}://{parts.hostname}"
+            )
+        if scheme != "https" and self._config.live:
+            raise StripeInvalidRequest("refusing to send a live key over plain http")
+        query = parts.query
+        if params:
+            extra = urlencode(list(params))
+            query = f"{query}&{extra}" if query else extra
+        text = f"{scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+        return yarl.URL(text, encoded=True), parts.path
+
+    def _headers(self, method: str, account: str | None, api: Api) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {self._config.api_key.reveal()}",
+            "Stripe-Version": self._config.api_version,
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        }
+        if account:
+            headers["Stripe-Context" if api == "v2" else "Stripe-Account"] = account
+        if method.upper() == "POST":
+            # One key for all attempts, so a retried POST cannot apply twice.
+            headers["Idempotency-Key"] = str(uuid.uuid4())
+        return headers
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _is_cursor_expired(param: str | None, message: str) -> bool:
+    lowered = message.lower()
+    hinted = any(h in lowered for h in _RETENTION_HINTS)
+    if param is not None:
+        return param.split("[", 1)[0] in _CURSOR_PARAMS and hinted
+    return hinted and ("cursor" in lowered or "timestamp" in lowered or "event" in lowered)
+
+
+def _retry_reason(exc: StripeError) -> str:
+    if isinstance(exc, StripeRateLimited):
+        return "rate_limited"
+    if isinstance(exc, StripeConnectionError):
+        return "connection"
+    if isinstance(exc, MalformedResponse):
+        return "malformed"
+    if exc.status == 409:
+        return "conflict"
+    if exc.status is not None and exc.status >= 500:
+        return "server_error"
+    return "should_retry"
+
+
+__all__ = ["Response", "StripeClient", "endpoint_template"]
