@@ -9,6 +9,7 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -276,6 +277,8 @@ def _apply_table(
     sources: dict[str, str],
     table: Mapping[str, Any],
     origin: str,
+    *,
+    is_defaults: bool = False,
 ) -> None:
     for section, body in table.items():
         if section not in SECTIONS:
@@ -290,7 +293,14 @@ def _apply_table(
             if key not in hints:
                 raise ConfigError(name, f"unknown key in {origin}")
             values[section][key] = _coerce(name, hints[key], raw, from_text=False)
-            sources[name] = origin
+            # The shipped defaults file restates the code's defaults; only an edited value in
+            # it is worth naming as its own source.
+            same = is_defaults and values[section][key] == _default(section, key)
+            sources[name] = "default" if same else origin
+
+
+def _default(section: str, key: str) -> Any:
+    return getattr(SECTIONS[section](), key)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -326,7 +336,9 @@ def load(
     if defaults_file == "auto":
         defaults_file = default_config_path()
     if defaults_file is not None:
-        _apply_table(values, sources, _read_toml(defaults_file), str(defaults_file))
+        _apply_table(
+            values, sources, _read_toml(defaults_file), str(defaults_file), is_defaults=True
+        )
     if config_file is not None:
         _apply_table(values, sources, _read_toml(Path(config_file)), str(config_file))
     # Generic form first, so the well-known names (more specific) win.
@@ -352,11 +364,28 @@ def load(
             sources[f"{section}.{key}"] = f"env {name}"
     for dotted, raw in (flags or {}).items():
         section, _, key = dotted.partition(".")
-        values[section][key] = _coerce(f"--{key}", _hints(section)[key], raw, from_text=True)
+        if section not in SECTIONS or key not in _hints(section):
+            raise ConfigError(dotted, "unknown setting (expected <section>.<key>)")
+        # Named by the key, not the flag: `--set` and the named flags reach the same keys.
+        values[section][key] = _coerce(dotted, _hints(section)[key], raw, from_text=True)
         sources[dotted] = "flag"
     config = Config(**{s: SECTIONS[s](**v) for s, v in values.items()})
     validate(config)
     return Loaded(config, sources)
+
+
+_DURATION = re.compile(r"^\d+(\.\d+)?[smhdw]$")
+
+
+def _valid_since(text: str) -> bool:
+    """A duration back from now (30d, 12h) or an absolute RFC 3339 time or date."""
+    if _DURATION.fullmatch(text.strip()):
+        return True
+    try:
+        datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
 
 
 def validate(config: Config) -> None:
@@ -424,6 +453,11 @@ def validate(config: Config) -> None:
     if config.hydrate.concurrency < 1 or config.hydrate.max_attempts < 1:
         raise ConfigError("hydrate.concurrency", "expected concurrency and max_attempts >= 1")
     b = config.backfill
+    if not _valid_since(b.since):
+        raise ConfigError(
+            "backfill.since",
+            f"expected a duration like 7d, 12h, 30m or an RFC 3339 time, got {b.since!r}",
+        )
     if b.slice_seconds < 1 or b.concurrency < 1 or b.max_buffered_events < 100:
         raise ConfigError("backfill.concurrency", "expected slice_seconds, concurrency >= 1")
     if not 0 <= config.http.port <= 65535:

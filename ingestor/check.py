@@ -1,0 +1,290 @@
+"""`ingestor check`: probes Stripe and Kafka and says in plain words what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TextIO
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from ingestor.config import Config, KafkaConfig, StripeConfig
+from ingestor.errors import (
+    StripeAuthError,
+    StripeConnectionError,
+    StripeError,
+    StripeNotFound,
+)
+from ingestor.observe import mask_secrets
+from ingestor.stripe_api import StripeClient
+
+Status = Literal["OK", "FAIL", "SKIP"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One line of `ingestor check`."""
+
+    name: str
+    status: Status
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK"
+
+    def line(self) -> str:
+        return f"{self.status:<4}  {self.name:<18} {mask_secrets(self.detail)}"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return mask_secrets(" ".join(text.split()))[:300]
+
+
+# --- Stripe -----------------------------------------------------------------------------------
+
+
+async def check_stripe(cfg: StripeConfig, probe_seconds: float) -> list[CheckResult]:
+    """Key valid (and which mode/account), then whether v1 and v2 events are readable."""
+    mode = "live" if cfg.live else "test"
+    results: list[CheckResult] = []
+
+    async def get(client: StripeClient, path: str, **kw: Any) -> Any:
+        # One retry at most: check answers fast; a flaky API shows up as a FAIL with its cause.
+        async with asyncio.timeout(probe_seconds):
+            return await client.request_json("GET", path, max_retries=1, **kw)
+
+    async with StripeClient(cfg) as client:
+        try:
+            account = await get(client, "/v1/account")
+            who = f"account {account.get('id', '?')}"
+        except (StripeNotFound, StripeAuthError) as exc:
+            # Restricted keys may not read the account; the balance proves the key all the same.
+            if isinstance(exc, StripeAuthError) and exc.status == 401:
+                results.append(
+                    CheckResult(
+                        "stripe key", "FAIL", f"{cfg.api_base} rejected the key: {_describe(exc)}"
+                    )
+                )
+                return results + _skipped(cfg, "the key was rejected")
+            try:
+                await get(client, "/v1/balance")
+                who = "account id not readable with this key"
+            except Exception as exc2:
+                results.append(CheckResult("stripe key", "FAIL", _stripe_problem(cfg, exc2)))
+                return results + _skipped(cfg, "the key could not be verified")
+        except Exception as exc:
+            results.append(CheckResult("stripe key", "FAIL", _stripe_problem(cfg, exc)))
+            return results + _skipped(cfg, "Stripe is not usable")
+        results.append(
+            CheckResult("stripe key", "OK", f"valid {mode}-mode key, {who} at {cfg.api_base}")
+        )
+        if cfg.v1:
+            results.append(await _events(get, client, "stripe v1 events", "/v1/events", "v1"))
+        if cfg.v2:
+            results.append(await _events(get, client, "stripe v2 events", "/v2/core/events", "v2"))
+    return results
+
+
+async def _events(
+    get: Callable[..., Awaitable[Any]], client: StripeClient, name: str, path: str, api: str
+) -> CheckResult:
+    try:
+        page = await get(client, path, params=[("limit", "1")], api=api)
+    except Exception as exc:
+        return CheckResult(name, "FAIL", f"cannot list {path}: {_describe(exc)}")
+    data = page.get("data") if isinstance(page, dict) else None
+    if not isinstance(data, list):
+        return CheckResult(name, "FAIL", f"{path} answered without a data list")
+    if not data:
+        return CheckResult(name, "OK", f"{path} readable (no events yet)")
+    newest = data[0] if isinstance(data[0], dict) else {}
+    return CheckResult(name, "OK", f"{path} readable (newest {newest.get('id', '?')})")
+
+
+def _stripe_problem(cfg: StripeConfig, exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {cfg.api_base} in time"
+    if isinstance(exc, StripeConnectionError):
+        return f"cannot reach {cfg.api_base}: {_describe(exc)}"
+    if isinstance(exc, StripeAuthError):
+        return f"{cfg.api_base} refused the key (HTTP {exc.status}): {_describe(exc)}"
+    if isinstance(exc, StripeError):
+        return f"{cfg.api_base} answered HTTP {exc.status}: {_describe(exc)}"
+    return f"{type(exc).__name__}: {_describe(exc)}"
+
+
+def _skipped(cfg: StripeConfig, why: str) -> list[CheckResult]:
+    out = []
+    if cfg.v1:
+        out.append(CheckResult("stripe v1 events", "SKIP", why))
+    if cfg.v2:
+        out.append(CheckResult("stripe v2 events", "SKIP", why))
+    return out
+
+
+# --- Kafka ------------------------------------------------------------------------------------
+
+
+def kafka_client_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
+    """Connection settings shared by aiokafka producers, consumers and admin clients."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": cfg.bootstrap_servers,
+        "security_protocol": cfg.security_protocol,
+        "request_timeout_ms": int(cfg.request_timeout * 1000),
+    }
+    if cfg.security_protocol.startswith("SASL"):
+        kw["sasl_mechanism"] = cfg.sasl_mechanism
+        kw["sasl_plain_username"] = cfg.sasl_username
+        kw["sasl_plain_password"] = cfg.sasl_password.reveal()
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        kw["ssl_context"] = ssl.create_default_context(cafile=cfg.ssl_cafile or None)
+    return kw
+
+
+async def check_kafka(cfg: KafkaConfig, probe_seconds: float) -> list[CheckResult]:
+    """Reachable, transactions available, topics creatable under the prefix."""
+    kw = kafka_client_kwargs(cfg)
+    kw["request_timeout_ms"] = int(min(cfg.request_timeout, probe_seconds) * 1000)
+    results: list[CheckResult] = []
+    admin = AIOKafkaAdminClient(**kw)
+    try:
+        try:
+            async with asyncio.timeout(probe_seconds):
+                await admin.start()
+                cluster = await admin.describe_cluster()
+                topics = await admin.list_topics()
+        except (TimeoutError, KafkaError, OSError) as exc:
+            why = "no answer in time" if isinstance(exc, TimeoutError) else _describe(exc)
+            results.append(
+                CheckResult("kafka reachable", "FAIL", f"{cfg.bootstrap_servers}: {why}")
+            )
+            skip = f"broker {cfg.bootstrap_servers} unreachable"
+            results.append(CheckResult("kafka transactions", "SKIP", skip))
+            results.append(CheckResult("kafka topics", "SKIP", skip))
+            return results
+        brokers = len(cluster.get("brokers", []))
+        mine = [t for t in topics if t.startswith(cfg.topic_prefix + ".")]
+        state = "exists" if cfg.state_topic in topics else "not created yet"
+        results.append(
+            CheckResult(
+                "kafka reachable",
+                "OK",
+                f"{cfg.bootstrap_servers}: {brokers} broker(s), cluster "
+                f"{cluster.get('cluster_id')}; {len(mine)} topic(s) under '{cfg.topic_prefix}.', "
+                f"state topic {state}",
+            )
+        )
+        results.append(await _check_transactions(cfg, kw, probe_seconds))
+        results.append(await _check_topics(cfg, admin, brokers, probe_seconds))
+    finally:
+        await admin.close()
+    return results
+
+
+async def _check_transactions(
+    cfg: KafkaConfig, kw: dict[str, Any], probe_seconds: float
+) -> CheckResult:
+    name = "kafka transactions"
+    if cfg.delivery != "exactly_once":
+        return CheckResult(name, "OK", "not needed (delivery = at_least_once)")
+    # A throwaway id: the real shard's id must never be fenced by a check.
+    producer = AIOKafkaProducer(transactional_id=f"ingestor-check-{uuid.uuid4().hex}", **kw)
+    try:
+        async with asyncio.timeout(probe_seconds):
+            await producer.start()
+            await producer.begin_transaction()
+            await producer.commit_transaction()
+    except TimeoutError:
+        return CheckResult(
+            name,
+            "FAIL",
+            f"no transaction coordinator within {probe_seconds:g}s (a single broker needs "
+            "transaction.state.log.replication.factor=1 and transaction.state.log.min.isr=1)",
+        )
+    except (KafkaError, OSError) as exc:
+        return CheckResult(name, "FAIL", f"cannot start a transactional producer: {_describe(exc)}")
+    finally:
+        # Bounded: stopping a producer whose start hung must not hang `check` itself.
+        with contextlib.suppress(TimeoutError, KafkaError, OSError):
+            async with asyncio.timeout(probe_seconds):
+                await producer.stop()
+    return CheckResult(name, "OK", "a transactional producer started and committed")
+
+
+async def _check_topics(
+    cfg: KafkaConfig, admin: AIOKafkaAdminClient, brokers: int, probe_seconds: float
+) -> CheckResult:
+    name = "kafka topics"
+    if brokers and cfg.topic_replication > brokers:
+        return CheckResult(
+            name,
+            "FAIL",
+            f"kafka.topic_replication = {cfg.topic_replication} but the cluster has "
+            f"{brokers} broker(s)",
+        )
+    probe = f"{cfg.topic_prefix}._ingestor_check_{uuid.uuid4().hex[:12]}"
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(probe_seconds):
+            created = await admin.create_topics(
+                [NewTopic(probe, num_partitions=1, replication_factor=cfg.topic_replication)]
+            )
+            problem = _topic_error(created.to_object())
+            if problem:
+                return CheckResult(name, "FAIL", f"cannot create topic {probe}: {problem}")
+            deleted = await admin.delete_topics([probe])
+            problem = _topic_error(deleted.to_object())
+            if problem:
+                return CheckResult(name, "FAIL", f"created {probe} but cannot delete it: {problem}")
+    except TimeoutError:
+        return CheckResult(name, "FAIL", f"creating/deleting {probe} took over {probe_seconds:g}s")
+    except (KafkaError, OSError) as exc:
+        return CheckResult(name, "FAIL", f"cannot create topic {probe}: {_describe(exc)}")
+    took = time.monotonic() - started
+    return CheckResult(
+        name, "OK", f"created and deleted probe topic {probe} ({took * 1000:.0f} ms)"
+    )
+
+
+def _topic_error(obj: dict[str, Any]) -> str | None:
+    """The first per-topic error in a CreateTopics/DeleteTopics response, if any."""
+    for key in ("topic_errors", "topic_error_codes"):
+        for item in obj.get(key, []):
+            code = item.get("error_code", 0)
+            if code:
+                message = item.get("error_message") or ""
+                return f"error code {code} {message}".strip()
+    return None
+
+
+# --- all --------------------------------------------------------------------------------------
+
+
+async def run_checks(config: Config, *, probe_seconds: float = 10.0) -> list[CheckResult]:
+    """Stripe and Kafka probed concurrently; each probe bounded by `probe_seconds` seconds."""
+    async with asyncio.TaskGroup() as tg:
+        stripe = tg.create_task(check_stripe(config.stripe, probe_seconds))
+        kafka = tg.create_task(check_kafka(config.kafka, probe_seconds))
+    return stripe.result() + kafka.result()
+
+
+def main(config: Config, *, timeout: float, out: TextIO) -> int:
+    """Prints one line per check; 0 when all passed, 1 (naming what failed) otherwise."""
+    results = asyncio.run(run_checks(config, probe_seconds=timeout))
+    for result in results:
+        out.write(result.line() + "\n")
+    failed = [r.name for r in results if r.status == "FAIL"]
+    if failed:
+        out.write(f"check failed: {', '.join(failed)}\n")
+        return 1
+    out.write("all checks passed\n")
+    return 0

@@ -1,0 +1,363 @@
+"""Logs (structlog, JSON or console), readiness, the /healthz /readyz /metrics server, gap alarm."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, TextIO
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from ingestor.errors import ClosedError
+from ingestor.metrics import CURSOR_GAP_ALARM, READY, REGISTRY
+
+LogFormat = Literal["auto", "json", "console"]
+
+# --- secret masking ---------------------------------------------------------------------------
+
+# Stripe secret and restricted keys, webhook signing secrets. Publishable keys (pk_) are public.
+_SECRET_RE = re.compile(r"\b(sk_(?:test|live)_|rk_(?:test|live)_|whsec_)[A-Za-z0-9]+")
+SECRET_MASK = "********"
+
+
+def mask_secrets(text: str) -> str:
+    """Replaces anything that looks like a Stripe secret with its prefix and a mask."""
+    return _SECRET_RE.sub(lambda m: m.group(1) + SECRET_MASK, text)
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, Mapping):
+        return {k: _mask_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_mask_value(v) for v in value)
+    return value
+
+
+def mask_secrets_processor(
+    _logger: Any, _method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Defense in depth: even if code logs a key by mistake, the rendered line never shows it."""
+    for key, value in event_dict.items():
+        event_dict[key] = _mask_value(value)
+    return event_dict
+
+
+# --- logging ----------------------------------------------------------------------------------
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+_handler: logging.Handler | None = None
+
+
+def _orjson_dumps(obj: Any, **kw: Any) -> str:
+    # ProcessorFormatter wants str; orjson makes bytes, and is much faster than json.dumps.
+    return orjson.dumps(obj, default=kw.get("default"), option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def configure_logging(level: str, fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Sets up structlog and stdlib logging to render through one renderer onto `stream`.
+
+    `fmt` "auto" renders JSON lines when the stream is not a TTY (containers, files) and a
+    readable console format on a terminal. Our own loggers (`ingestor.*`) log at `level`;
+    third-party libraries (aiokafka, aiohttp) only at WARNING, so their chatter stays out.
+    Safe to call again (tests, CLI): the previous handler is replaced, never duplicated.
+    """
+    global _handler
+    out = sys.stdout if stream is None else stream
+    if level not in _LEVELS:
+        raise ValueError(f"unknown log level {level!r}")
+    isatty = getattr(out, "isatty", None)
+    tty = bool(isatty is not None and isatty())
+    if fmt == "auto":
+        fmt = "console" if tty else "json"
+    renderer: structlog.typing.Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    elif fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=tty, exception_formatter=structlog.dev.plain_traceback
+        )
+    else:
+        raise ValueError(f"unknown log format {fmt!r}")
+
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # Tracebacks become a string first so the masking below covers them too.
+            structlog.processors.format_exc_info,
+            mask_secrets_processor,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    _handler = handler
+    logging.getLogger("ingestor").setLevel(_LEVELS[level])
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached: the CLI and tests reconfigure, and loggers are created at import time.
+        cache_logger_on_first_use=False,
+    )
+
+
+log = structlog.get_logger("ingestor.observe")
+
+# --- readiness --------------------------------------------------------------------------------
+
+Probe = Callable[[], Awaitable[bool]]
+
+
+class Readiness:
+    """What /readyz reports: Kafka reachable, state restored, and a recent successful poll.
+
+    The pipeline calls the `mark_*` methods; probes (e.g. "is the sink's producer healthy")
+    run only when /readyz is asked, so a dead broker shows up even between pipeline calls.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_poll_age_seconds: float = 60.0,
+        probe_timeout_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kafka_ok = False
+        self.state_restored = False
+        self.last_poll_ok_monotonic: float | None = None
+        self.max_poll_age_seconds = max_poll_age_seconds
+        self.probe_timeout_seconds = probe_timeout_seconds
+        self._clock = clock
+        self._probes: dict[str, Probe] = {}
+        READY.set(0)
+
+    def mark_kafka(self, ok: bool) -> None:
+        self.kafka_ok = ok
+        self._publish()
+
+    def mark_restored(self) -> None:
+        self.state_restored = True
+        self._publish()
+
+    def mark_poll_ok(self) -> None:
+        """Call after any successful Stripe page read (tail poll or backfill slice page)."""
+        self.last_poll_ok_monotonic = self._clock()
+        self._publish()
+
+    def add_probe(self, name: str, probe: Probe) -> None:
+        """A check run on each /readyz hit; False, an exception or a timeout means not ready."""
+        self._probes[name] = probe
+
+    def remove_probe(self, name: str) -> None:
+        self._probes.pop(name, None)
+
+    def reasons(self) -> list[str]:
+        """Why the process is not ready, in plain words (empty when ready); probes not run."""
+        out: list[str] = []
+        if not self.kafka_ok:
+            out.append("kafka: not connected")
+        if not self.state_restored:
+            out.append("state: not restored from the state topic yet")
+        if self.last_poll_ok_monotonic is None:
+            out.append("stripe: no successful poll yet")
+        else:
+            age = self._clock() - self.last_poll_ok_monotonic
+            if age > self.max_poll_age_seconds:
+                out.append(
+                    f"stripe: last successful poll {age:.0f}s ago "
+                    f"(max {self.max_poll_age_seconds:.0f}s)"
+                )
+        return out
+
+    def ready(self) -> bool:
+        ok = not self.reasons()
+        READY.set(1 if ok else 0)
+        return ok
+
+    async def check(self) -> list[str]:
+        """reasons() plus the result of every probe, run concurrently with a bounded wait."""
+        out = self.reasons()
+        names = list(self._probes)
+        results = await asyncio.gather(
+            *(self._run_probe(self._probes[n]) for n in names), return_exceptions=False
+        )
+        out += [f"{n}: {problem}" for n, problem in zip(names, results, strict=True) if problem]
+        READY.set(0 if out else 1)
+        return out
+
+    async def _run_probe(self, probe: Probe) -> str | None:
+        try:
+            async with asyncio.timeout(self.probe_timeout_seconds):
+                ok = await probe()
+        except TimeoutError:
+            return f"probe timed out after {self.probe_timeout_seconds:g}s"
+        except Exception as exc:
+            return mask_secrets(f"probe failed: {type(exc).__name__}: {exc}")
+        return None if ok else "probe reports unhealthy"
+
+    def _publish(self) -> None:
+        READY.set(0 if self.reasons() else 1)
+
+
+# --- HTTP server ------------------------------------------------------------------------------
+
+
+class HealthServer:
+    """aiohttp server for /healthz, /readyz and /metrics; port 0 picks a free port (`.port`)."""
+
+    def __init__(
+        self,
+        readiness: Readiness,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._readiness = readiness
+        self._host = host
+        self._requested_port = port
+        self._registry = registry
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._closed = False
+
+    @property
+    def port(self) -> int:
+        if self._closed or self._port is None:
+            raise ClosedError("health server is not running")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        if self._closed:
+            raise ClosedError("health server is closed")
+        if self._runner is not None:
+            return
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._requested_port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        log.info("health server listening", host=self._host, port=self._port)
+
+    async def close(self) -> None:
+        self._closed = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> HealthServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        reasons = await self._readiness.check()
+        if reasons:
+            return web.json_response({"ready": False, "reasons": reasons}, status=503)
+        return web.json_response({"ready": True})
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        self._readiness.ready()  # refresh the READY gauge: poll age changes with time alone
+        return web.Response(
+            body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+
+# --- cursor gap alarm -------------------------------------------------------------------------
+
+DEFAULT_GAP_THRESHOLD_S = 7 * 86400.0
+
+
+def check_gap(
+    partition_key: str,
+    cursor_ms: int | None,
+    now_ms: int | None = None,
+    threshold_s: float = DEFAULT_GAP_THRESHOLD_S,
+) -> bool:
+    """True (and CURSOR_GAP_ALARM=1) when the cursor is older than the threshold.
+
+    Stripe keeps events 30 days; a cursor that falls behind by a week is a warning well before
+    data is lost. No cursor yet (fresh start) is not a gap.
+    """
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    alarm = cursor_ms is not None and (now_ms - cursor_ms) / 1000 > threshold_s
+    CURSOR_GAP_ALARM.labels(partition=partition_key).set(1 if alarm else 0)
+    return alarm
+
+
+class GapAlarm:
+    """check_gap per partition, logging only when a partition's alarm is raised or cleared."""
+
+    def __init__(self, threshold_s: float = DEFAULT_GAP_THRESHOLD_S) -> None:
+        self.threshold_s = threshold_s
+        self._alarming: set[str] = set()
+
+    def check(self, partition_key: str, cursor_ms: int | None, now_ms: int | None = None) -> bool:
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        alarm = check_gap(partition_key, cursor_ms, now_ms, self.threshold_s)
+        if alarm and partition_key not in self._alarming:
+            self._alarming.add(partition_key)
+            assert cursor_ms is not None
+            log.warning(
+                "cursor gap alarm: partition is far behind; Stripe drops events after 30 days",
+                partition=partition_key,
+                gap_seconds=round((now_ms - cursor_ms) / 1000),
+                threshold_seconds=self.threshold_s,
+            )
+        elif not alarm and partition_key in self._alarming:
+            self._alarming.discard(partition_key)
+            log.info("cursor gap alarm cleared", partition=partition_key)
+        return alarm
+
+    @property
+    def alarming(self) -> frozenset[str]:
+        return frozenset(self._alarming)
