@@ -129,6 +129,15 @@ def configure_logging(level: str, fmt: str = "auto", stream: TextIO | None = Non
     )
 
 
+def reset_logging() -> None:
+    """Removes the handler configure_logging installed and restores structlog's defaults."""
+    global _handler
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+        _handler = None
+    structlog.reset_defaults()
+
+
 log = structlog.get_logger("ingestor.observe")
 
 # --- readiness --------------------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""Config: default.toml restates the code's defaults; precedence and sources; validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ingestor import config
+from ingestor.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TOML = ROOT / "config" / "default.toml"
+DEMO_TOML = ROOT / "config" / "demo.toml"
+KEY = "sk_test_51ConfigTestKey"
+
+
+def test_default_toml_loads_to_exactly_the_dataclass_defaults() -> None:
+    """Loading only default.toml (plus a key) gives the same Config as the code's defaults."""
+    loaded = config.load(env={"STRIPE_API_KEY": KEY}, defaults_file=DEFAULT_TOML)
+    expected = config.Config(stripe=config.StripeConfig(api_key=config.Secret(KEY)))
+    assert loaded.config == expected
+
+
+def test_default_toml_values_equal_dataclass_defaults_key_by_key() -> None:
+    """Each value written in default.toml equals the field's default (no silent drift)."""
+    table = tomllib.loads(DEFAULT_TOML.read_text())
+    for section, body in table.items():
+        defaults = config.SECTIONS[section]()
+        for key, value in body.items():
+            default = getattr(defaults, key)
+            if isinstance(default, tuple):
+                default = list(default)
+            assert value == default, f"{section}.{key}: file {value!r} != code {default!r}"
+
+
+def test_every_config_field_appears_in_default_toml_with_a_comment() -> None:
+    """Every key of every section is in default.toml (secrets commented out), under a comment."""
+    lines = DEFAULT_TOML.read_text().splitlines()
+    text = "\n".join(lines)
+    for section, cls in config.SECTIONS.items():
+        assert f"[{section}]" in text, section
+        body = text.split(f"[{section}]", 1)[1].split("\n[", 1)[0].splitlines()
+        for f in dataclasses.fields(cls):
+            secret = f.type in ("Secret", config.Secret)
+            pattern = rf"^# {f.name} = " if secret else rf"^{f.name} = "
+            idx = next((i for i, ln in enumerate(body) if re.match(pattern, ln)), None)
+            assert idx is not None, f"{section}.{f.name} missing from default.toml"
+            # The line above is a comment (or another key of the same commented group).
+            above = [ln for ln in body[:idx] if ln.strip()]
+            assert above, f"{section}.{f.name} has no comment above it"
+            assert above[-1].startswith("#") or re.match(r"^\w+ = ", above[-1])
+    assert not re.search(r"^\s*(api_key|sasl_password)\s*=", text, re.M), "secret set in file"
+
+
+def test_demo_toml_is_valid_and_points_at_the_simulator() -> None:
+    """demo.toml loads with a test key from env and uses the local simulator and broker."""
+    loaded = config.load(DEMO_TOML, env={"STRIPE_API_KEY": KEY}, defaults_file=DEFAULT_TOML)
+    c = loaded.config
+    assert c.stripe.api_base == "http://127.0.0.1:12111"
+    assert c.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert c.kafka.topic_partitions <= 3
+    assert c.tail.poll_interval < config.TailConfig().poll_interval
+    assert "api_key" not in DEMO_TOML.read_text().replace("# ", "")
+
+
+def test_sources_name_default_file_env_and_flag(tmp_path: Path) -> None:
+    """Each key's source: default, the --config file, the env variable, or a flag."""
+    f = tmp_path / "c.toml"
+    f.write_text('[kafka]\ntopic_prefix = "fromfile"\nshard = 1\n')
+    loaded = config.load(
+        f,
+        env={"STRIPE_API_KEY": KEY, "INGESTOR_KAFKA__SHARD": "2"},
+        flags={"http.port": "0"},
+        defaults_file=DEFAULT_TOML,
+    )
+    src = loaded.sources
+    assert src["kafka.topic_prefix"] == str(f)
+    assert src["kafka.shard"] == "env INGESTOR_KAFKA__SHARD"
+    assert src["stripe.api_key"] == "env STRIPE_API_KEY"
+    assert src["http.port"] == "flag"
+    rows = {k: s for k, _, s in config.show(loaded)}
+    assert rows["tail.poll_interval"] == "default"
+    assert loaded.config.kafka.shard == 2
+    assert loaded.config.http.port == 0
+
+
+def test_edited_default_file_value_is_named_by_its_path(tmp_path: Path) -> None:
+    """A defaults file that changes a value shows its path as the source, not 'default'."""
+    d = tmp_path / "default.toml"
+    d.write_text("[tail]\npoll_interval = 2.5\nbatch_max_events = 2000\n")
+    loaded = config.load(env={"STRIPE_API_KEY": KEY}, defaults_file=d)
+    assert loaded.sources["tail.poll_interval"] == str(d)
+    assert loaded.sources["tail.batch_max_events"] == "default"
+
+
+def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
+    """flags > env > --config file > defaults."""
+    f = tmp_path / "c.toml"
+    f.write_text('[log]\nlevel = "warning"\n[http]\nport = 9000\n[kafka]\ntopic_prefix = "f"\n')
+    env = {"STRIPE_API_KEY": KEY, "INGESTOR_LOG__LEVEL": "error", "INGESTOR_HTTP_PORT": "9001"}
+    loaded = config.load(f, env=env, flags={"log.level": "debug"}, defaults_file=None)
+    assert loaded.config.log.level == "debug"
+    assert loaded.config.http.port == 9001
+    assert loaded.config.kafka.topic_prefix == "f"
+
+
+@pytest.mark.parametrize("since", ["30d", "12h", "90m", "3600s", "2w", "2026-01-02T03:04:05Z"])
+def test_backfill_since_accepts_durations_and_rfc3339(since: str) -> None:
+    """backfill.since takes a duration back from now or an absolute time."""
+    loaded = config.load(
+        env={"STRIPE_API_KEY": KEY}, flags={"backfill.since": since}, defaults_file=None
+    )
+    assert loaded.config.backfill.since == since
+
+
+def test_backfill_since_rejects_garbage() -> None:
+    """A since that is neither a duration nor a time is a config error naming backfill.since."""
+    with pytest.raises(ConfigError) as info:
+        config.load(
+            env={"STRIPE_API_KEY": KEY}, flags={"backfill.since": "last week"}, defaults_file=None
+        )
+    assert info.value.setting == "backfill.since"
+
+
+def test_unknown_flag_key_is_a_config_error() -> None:
+    """--set with a key that does not exist names it instead of crashing."""
+    with pytest.raises(ConfigError) as info:
+        config.load(env={"STRIPE_API_KEY": KEY}, flags={"kafka.nope": "1"}, defaults_file=None)
+    assert info.value.setting == "kafka.nope"
+
+
+def test_secret_never_shows_in_repr_str_or_show() -> None:
+    """The API key and SASL password are masked everywhere the config can be printed."""
+    env = {"STRIPE_API_KEY": KEY, "INGESTOR_KAFKA__SASL_PASSWORD": "hunter2-sasl"}
+    loaded = config.load(env=env, defaults_file=None)
+    text = repr(loaded) + str(loaded.config) + repr(config.show(loaded))
+    assert KEY not in text
+    assert "hunter2-sasl" not in text
+    assert config.MASK in text
