@@ -1,0 +1,218 @@
+"""Backfill of one source partition: concurrent slices, split when dense, emitted oldest first."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class Timed(Protocol):
+    """Anything with a created time: events, or events already turned into records."""
+
+    @property
+    def created_ms(self) -> int: ...
+
+
+T = TypeVar("T", bound=Timed)
+
+Fetch = Callable[[int, int], AsyncIterator[list[T]]]
+"""fetch(lo_ms, hi_ms) yields pages (newest first) of the items created in [lo_ms, hi_ms)."""
+
+
+@dataclass(slots=True)
+class Slice(Generic[T]):
+    """[lo_ms, hi_ms) of created time; `events` is set once the slice is fully fetched."""
+
+    lo_ms: int
+    hi_ms: int
+    events: list[T] | None = None
+    in_flight: bool = False
+    pages: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.events is not None
+
+
+@dataclass(slots=True)
+class SlicePlan(Generic[T]):
+    """Ordered, gap-free cover of the backfill range by slices. Pure; no I/O.
+
+    Invariant: the slices are sorted, adjacent and cover [start_ms, end_ms) exactly, so no
+    boundary can drop or double an event: each created time belongs to exactly one slice,
+    half-open at its upper end.
+    """
+
+    start_ms: int
+    end_ms: int
+    granularity_ms: int
+    slices: list[Slice[T]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, start_ms: int, end_ms: int, slice_ms: int, granularity_ms: int) -> SlicePlan[T]:
+        plan: SlicePlan[T] = cls(start_ms, end_ms, granularity_ms)
+        lo = start_ms
+        while lo < end_ms:
+            hi = min(end_ms, _align_up(lo + slice_ms, granularity_ms))
+            plan.slices.append(Slice[T](lo, hi))
+            lo = hi
+        return plan
+
+    def next_pending(self) -> Slice[T] | None:
+        """The oldest slice nobody is fetching yet (oldest first keeps memory near the head)."""
+        for s in self.slices:
+            if not s.done and not s.in_flight:
+                return s
+        return None
+
+    def split(self, s: Slice[T], at_ms: int, parts: int) -> list[Slice[T]]:
+        """Cuts [s.lo, at_ms) off `s` into `parts` new pending slices; `s` keeps [at_ms, hi)."""
+        assert s.lo_ms < at_ms < s.hi_ms, (s, at_ms)
+        assert at_ms % self.granularity_ms == 0, at_ms
+        width = at_ms - s.lo_ms
+        bounds = sorted(
+            {s.lo_ms + _align_down(width * i // parts, self.granularity_ms) for i in range(parts)}
+            | {at_ms}
+        )
+        new = [Slice[T](lo, hi) for lo, hi in itertools.pairwise(bounds) if lo < hi]
+        idx = self.slices.index(s)
+        s.lo_ms = at_ms
+        self.slices[idx:idx] = new
+        return new
+
+    def pop_ready(self) -> list[Slice[T]]:
+        """Removes and returns the fetched slices at the head, oldest first."""
+        ready: list[Slice[T]] = []
+        while self.slices and self.slices[0].done:
+            ready.append(self.slices.pop(0))
+        return ready
+
+    @property
+    def finished(self) -> bool:
+        return not self.slices
+
+    def buffered_events(self) -> int:
+        return sum(len(s.events) for s in self.slices if s.events is not None)
+
+
+def _align_up(ms: int, granularity: int) -> int:
+    return -(-ms // granularity) * granularity
+
+
+def _align_down(ms: int, granularity: int) -> int:
+    return ms - ms % granularity
+
+
+@dataclass(slots=True)
+class BackfillStats:
+    events: int = 0
+    pages: int = 0
+    slices_done: int = 0
+    splits: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Backfiller(Generic[T]):
+    """Fetches a plan's slices concurrently and emits them in created order.
+
+    A slice is fetched newest first; after `split_after_pages` full pages it has proven dense:
+    the part already read ([oldest second fully read, hi)) is kept, and the rest is cut into
+    new slices sized by the observed density, so a busy day fans out over more concurrent
+    cursors instead of crawling through one.
+    """
+
+    def __init__(
+        self,
+        plan: SlicePlan[T],
+        fetch: Fetch[T],
+        emit: Callable[[Slice[T]], Awaitable[None]],
+        *,
+        concurrency: int,
+        max_buffered_events: int,
+        split_after_pages: int = 8,
+        page_size: int = 100,
+    ) -> None:
+        self.plan = plan
+        self._fetch = fetch
+        self._emit = emit
+        self._concurrency = concurrency
+        self._max_buffered = max_buffered_events
+        self._split_after = split_after_pages
+        self._page_size = page_size
+        self._changed = asyncio.Event()
+        self.stats = BackfillStats()
+
+    async def run(self) -> None:
+        """Returns when every slice is emitted. Cancelling it drops only unemitted work."""
+        async with asyncio.TaskGroup() as tg:
+            while not self.plan.finished:
+                for s in self.plan.pop_ready():
+                    await self._emit(s)
+                    self.stats.slices_done += 1
+                if self.plan.finished:
+                    break
+                in_flight = sum(1 for s in self.plan.slices if s.in_flight)
+                head = self.plan.slices[0]
+                while in_flight < self._concurrency:
+                    nxt = self.plan.next_pending()
+                    if nxt is None:
+                        break
+                    # Bounded memory: past the buffer bound only the head slice may start, so
+                    # the oldest data always makes progress and the buffer drains.
+                    if nxt is not head and self.plan.buffered_events() >= self._max_buffered:
+                        break
+                    nxt.in_flight = True
+                    in_flight += 1
+                    tg.create_task(self._fetch_slice(nxt))
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def _fetch_slice(self, s: Slice[T]) -> None:
+        try:
+            events: list[T] = []
+            pages = 0
+            async for page in self._fetch(s.lo_ms, s.hi_ms):
+                pages += 1
+                self.stats.pages += 1
+                events.extend(page)
+                if (
+                    pages >= self._split_after
+                    and len(page) >= self._page_size
+                    and self._try_split(s, events)
+                ):
+                    # _try_split narrowed s to the part already read; drop the rest.
+                    events = [e for e in events if e.created_ms >= s.lo_ms]
+                    break
+            events.reverse()  # oldest first within the slice
+            events.sort(key=lambda e: e.created_ms)  # stable: keeps Stripe's order per second
+            s.events = events
+            s.pages = pages
+            self.stats.events += len(events)
+        finally:
+            s.in_flight = False
+            self._changed.set()
+
+    def _try_split(self, s: Slice[T], events: Sequence[T]) -> bool:
+        oldest = min(e.created_ms for e in events)
+        # Everything from the granularity unit above the oldest one was read completely;
+        # the oldest unit may continue on the next page, so it goes to the remainder.
+        cut = _align_down(oldest, self.plan.granularity_ms) + self.plan.granularity_ms
+        if cut >= s.hi_ms or cut <= s.lo_ms:
+            return False  # all one dense unit of time: nothing to split, read it through
+        kept = sum(1 for e in events if e.created_ms >= cut)
+        density = kept / max(1, s.hi_ms - cut)
+        expected = density * (cut - s.lo_ms)
+        target = self._split_after * self._page_size
+        parts = max(2, min(32, math.ceil(expected / target)))
+        self.plan.split(s, cut, parts)
+        self.stats.splits += 1
+        return True

@@ -1,0 +1,677 @@
+"""Wires sources, dedupe, hydration, routing and the transactional sink; owns shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+
+from ingestor import metrics
+from ingestor.backfill import Backfiller, Slice, SlicePlan
+from ingestor.config import Config, Loaded
+from ingestor.errors import (
+    CursorExpired,
+    Fenced,
+    IngestorError,
+    KafkaUnavailable,
+)
+from ingestor.events import Event, Hydration, Record, SourcePartition
+from ingestor.hydrate import Hydrator
+from ingestor.observe import GapAlarm, HealthServer, Readiness, configure_logging
+from ingestor.pages import fetch_object, v1_pages, v2_pages
+from ingestor.partition import BackfillProgress, PartitionRuntime
+from ingestor.ratelimit import RateBudget
+from ingestor.route import Router
+from ingestor.sink import Sink
+from ingestor.stripe_api import StripeClient
+from ingestor.tail import Tail
+from ingestor.timespec import parse_since
+
+log = structlog.get_logger(__name__)
+
+IngestMode = Literal["tail", "backfill"]
+RETENTION_MS = 30 * 86400 * 1000
+# Keep clear of the exact 30-day edge: a request built at the edge can age out in flight.
+RETENTION_MARGIN_MS = 5 * 60 * 1000
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_DATA_LOST = 3
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class Routed:
+    """An event turned into its Kafka records, keeping what metrics and ordering need."""
+
+    event_id: str
+    type: str
+    api: str
+    created_ms: int
+    records: list[Record]
+    dlq: bool = False
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records of one partition plus that partition's state as of them: one commit unit."""
+
+    partition: SourcePartition
+    items: list[Routed]
+    state: dict[bytes, bytes | None]
+    mode: IngestMode
+
+
+class CommitQueue:
+    """Bounded FIFO between readers and the committer.
+
+    `put` waits for room *before* building the batch, so a batch's state snapshot is taken
+    and queued in one step: a reader cancelled while waiting leaves no half-taken snapshot.
+    """
+
+    def __init__(self, max_items: int) -> None:
+        self._max = max_items
+        self._batches: list[Batch] = []
+        self._items = 0
+        self._unfinished = 0
+        self._cond = asyncio.Condition()
+
+    async def put(self, build: Callable[[], Batch | None]) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._items < self._max)
+            batch = build()
+            if batch is None:
+                return
+            self._batches.append(batch)
+            self._items += len(batch.items)
+            self._unfinished += 1
+            self._cond.notify_all()
+
+    async def take(self, max_items: int) -> list[Batch]:
+        """Waits for at least one batch; returns whole batches up to about `max_items`."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: bool(self._batches))
+            out = [self._batches.pop(0)]
+            count = len(out[0].items)
+            while self._batches and count + len(self._batches[0].items) <= max_items:
+                out.append(self._batches.pop(0))
+                count += len(out[-1].items)
+            self._items -= count
+            self._cond.notify_all()
+            return out
+
+    async def done(self, n: int) -> None:
+        async with self._cond:
+            self._unfinished -= n
+            self._cond.notify_all()
+
+    async def join(self) -> None:
+        """Waits until every batch put so far has been committed."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._unfinished == 0)
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    lost_windows: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+class Pipeline:
+    """One generation of the service: restore state, read, commit; rebuilt after Kafka faults."""
+
+    def __init__(
+        self,
+        config: Config,
+        client: StripeClient,
+        sink: Sink,
+        hydrator: Hydrator,
+        readiness: Readiness,
+        partitions: Sequence[SourcePartition],
+        *,
+        backfill: bool,
+        since: str | None,
+        once: bool,
+        outcome: RunOutcome,
+    ) -> None:
+        self.cfg = config
+        self.client = client
+        self.sink = sink
+        self.hydrator = hydrator
+        self.readiness = readiness
+        self.partitions = list(partitions)
+        self.backfill = backfill
+        self.since = since
+        self.once = once
+        self.outcome = outcome
+        self.router = Router(config.kafka.topic_prefix, firehose=config.kafka.firehose)
+        self.queue = CommitQueue(max_items=max(4 * config.tail.batch_max_events, 20_000))
+        self.sweep_budget = client.budget.share(config.tail.sweep_budget_share)
+        self.gap = GapAlarm(config.alarms.gap_threshold_seconds)
+        self.runtimes: dict[SourcePartition, PartitionRuntime] = {}
+        self._locks: dict[SourcePartition, asyncio.Lock] = {}
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Runs until `stop` (or, with --once, until everything available is committed)."""
+        restored = PartitionRuntime.restore(await self.sink.restore_state())
+        self.readiness.mark_kafka(True)
+        self.readiness.mark_restored()
+        for p in self.partitions:
+            self.runtimes[p] = restored.get(p) or PartitionRuntime(p)
+            self._locks[p] = asyncio.Lock()
+        log.info(
+            "state restored",
+            partitions=[p.key for p in self.partitions],
+            resumed=[p.key for p in self.partitions if p in restored],
+        )
+        async with asyncio.TaskGroup() as tg:
+            committer = tg.create_task(self._commit_loop())
+            intake = tg.create_task(self._intake())
+            stopper = tg.create_task(stop.wait())
+            await asyncio.wait([intake, stopper], return_when=asyncio.FIRST_COMPLETED)
+            # Stop intake first. Readers hold nothing that matters uncommitted: every batch
+            # they queued carries its own state snapshot, and what was not queued is re-read.
+            intake.cancel()
+            stopper.cancel()
+            try:
+                async with asyncio.timeout(self.cfg.alarms.shutdown_grace_seconds):
+                    await self.queue.join()
+            except TimeoutError:
+                log.error("shutdown deadline passed with batches uncommitted; they will be re-read")
+            committer.cancel()
+
+    async def _intake(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for rt in self.runtimes.values():
+                tg.create_task(self._read_partition(rt))
+
+    # --- commit -----------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        max_items = self.cfg.tail.batch_max_events
+        while True:
+            batches = await self.queue.take(max_items)
+            records = [r for b in batches for item in b.items for r in item.records]
+            state: dict[bytes, bytes | None] = {}
+            for b in batches:
+                state.update(b.state)  # later snapshots of a partition supersede earlier ones
+            started = time.monotonic()
+            try:
+                result = await self.sink.commit_batch(records, state)
+            except KafkaUnavailable:
+                self.readiness.mark_kafka(False)
+                raise
+            self.readiness.mark_kafka(True)
+            now = now_ms()
+            events = 0
+            for b in batches:
+                for item in b.items:
+                    events += 1
+                    metrics.EVENTS_PUBLISHED.labels(source=item.api, type=item.type).inc()
+                    metrics.EVENT_LAG.observe(max(0.0, (now - item.created_ms) / 1000))
+                    if item.dlq:
+                        metrics.DLQ_EVENTS.labels(reason="hydration_failed").inc()
+                if b.mode == "backfill":
+                    metrics.BACKFILL_EVENTS.inc(len(b.items))
+            metrics.BATCH_EVENTS.observe(events)
+            for p in {b.partition for b in batches}:
+                rt = self.runtimes[p]
+                if rt.watermark_ms is not None:
+                    metrics.WATERMARK_AGE.labels(partition=p.key).set(
+                        (now - rt.watermark_ms) / 1000
+                    )
+            log.info(
+                "batch committed",
+                events=events,
+                records=len(records),
+                dlq=result.dlq,
+                partitions=sorted({b.partition.key for b in batches}),
+                ms=round((time.monotonic() - started) * 1000, 1),
+            )
+            await self.queue.done(len(batches))
+
+    # --- partitions -------------------------------------------------------------------------
+
+    def _granularity(self, p: SourcePartition) -> int:
+        # v1 `created` is whole seconds; v2 carries milliseconds.
+        return 1000 if p.api == "v1" else 1
+
+    async def _read_partition(self, rt: PartitionRuntime) -> None:
+        p = rt.partition
+        structlog.contextvars.bind_contextvars(partition=p.key)
+        g = self._granularity(p)
+        now = now_ms()
+        if rt.tail_start_ms is None:
+            start = now - now % g
+            if self.backfill:
+                # Backfill owns [since, tail_start), the tail [tail_start, ...): disjoint by
+                # created time, so the handover can neither gap nor double. Starting the tail a
+                # sweep window back lets its seen window catch events that are still arriving
+                # late; older history is settled by the time the backfill reads it.
+                back = int(self.cfg.tail.sweep_window_seconds * 1000)
+                start = start - back - (start - back) % g
+            rt.set_tail_start(start)
+        if self.backfill:
+            self._plan_backfill(rt, now)
+        # Persist the tail start at once: events created after it must never be skipped,
+        # even if this process dies before its first event arrives.
+        await self._enqueue(rt, [], "tail")
+        tail = self._make_tail(rt)
+        if rt.backfill is not None and not rt.backfill.complete:
+            if self.cfg.backfill.tail_during_backfill and not self.once:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._run_backfill(rt))
+                    tg.create_task(tail.run())
+                return
+            await self._run_backfill(rt)
+        if self.once:
+            await tail.catch_up()
+        else:
+            await tail.run()
+
+    def _plan_backfill(self, rt: PartitionRuntime, now: int) -> None:
+        g = self._granularity(rt.partition)
+        assert rt.tail_start_ms is not None
+        since_ms = parse_since(self.since or self.cfg.backfill.since, now)
+        edge = now - RETENTION_MS + RETENTION_MARGIN_MS
+        if since_ms < edge:
+            log.warning(
+                "backfill start clamped to Stripe's 30-day retention",
+                requested=since_ms,
+                clamped_to=edge,
+            )
+            since_ms = edge
+        since_ms -= since_ms % g
+        bf = rt.backfill
+        if bf is None:
+            end = rt.tail_start_ms
+            if since_ms < end:
+                rt.set_backfill(BackfillProgress(since_ms, end, since_ms))
+        elif bf.complete and since_ms < bf.start_ms:
+            # An earlier backfill covered [start, end); extend it further back only.
+            rt.set_backfill(BackfillProgress(since_ms, bf.start_ms, since_ms))
+        elif bf.complete:
+            log.info("backfill already complete", start=bf.start_ms, end=bf.end_ms)
+        else:
+            self._check_retention(rt, bf.cursor_ms, now, "backfill")
+
+    def _check_retention(self, rt: PartitionRuntime, cursor_ms: int, now: int, what: str) -> int:
+        """Reports a cursor that aged out of retention and returns where reading can resume."""
+        edge = now - RETENTION_MS + RETENTION_MARGIN_MS
+        if cursor_ms >= edge:
+            return cursor_ms
+        p = rt.partition
+        metrics.CURSOR_EXPIRED.labels(partition=p.key).inc()
+        self.outcome.lost_windows.append((p.key, cursor_ms, edge))
+        log.error(
+            "cursor aged out of Stripe's 30-day retention: events in the window are lost",
+            what=what,
+            lost_from=cursor_ms,
+            lost_to=edge,
+            recover="re-read the affected objects with Stripe's list endpoints or a Sigma export "
+            "for that window; the ingestor resumes at the retention edge",
+        )
+        if what == "backfill" and rt.backfill is not None:
+            rt.advance_backfill(edge - edge % self._granularity(p))
+        return edge
+
+    def _make_tail(self, rt: PartitionRuntime) -> Tail:
+        assert rt.tail_start_ms is not None
+        p = rt.partition
+
+        def watermark() -> int:
+            assert rt.watermark_ms is not None
+            now = now_ms()
+            self.gap.check(p.key, rt.watermark_ms, now)
+            return self._check_retention(rt, rt.watermark_ms, now, "tail")
+
+        async def accept(events: list[Event], newest: int | None) -> int:
+            return await self._accept(rt, events, newest)
+
+        return Tail(
+            lambda lo, hi, extra: self._read_window(p, lo, hi, extra),
+            accept,
+            self.cfg.tail,
+            watermark=watermark,
+            tail_start_ms=rt.tail_start_ms,
+            sweep_budget=self.sweep_budget,
+            on_poll_ok=self.readiness.mark_poll_ok,
+        )
+
+    async def _read_window(
+        self, p: SourcePartition, lo_ms: int, hi_ms: int | None, extra: Sequence[RateBudget]
+    ) -> AsyncIterator[list[Event]]:
+        types = self.cfg.stripe.types
+        if p.api == "v1":
+            pages = v1_pages(
+                self.client,
+                account=p.account,
+                created_gte=lo_ms // 1000,
+                created_lt=None if hi_ms is None else -(-hi_ms // 1000),
+                types=types,
+                extra_budgets=extra,
+            )
+        else:
+            pages = v2_pages(
+                self.client,
+                account=p.account,
+                created_gte_ms=lo_ms,
+                created_lt_ms=hi_ms,
+                types=types,
+                extra_budgets=extra,
+            )
+        async for page in pages:
+            yield page.events
+
+    # --- turning events into batches --------------------------------------------------------
+
+    async def _prepare(self, events: list[Event], mode: IngestMode) -> list[Routed]:
+        """Hydrates thin events and routes every event to its records, oldest first."""
+        events = sorted(events, key=lambda e: e.created_ms)
+        hydrations: list[Hydration | None]
+        if events and events[0].api == "v2":
+            hydrations = list(await self.hydrator.hydrate_all(events))
+        else:
+            hydrations = [None] * len(events)
+        out: list[Routed] = []
+        for event, hydration in zip(events, hydrations, strict=True):
+            if (
+                hydration is not None
+                and hydration.status == "failed"
+                and self.cfg.hydrate.on_failure == "dlq"
+            ):
+                record = self.router.dlq_record(
+                    event,
+                    "hydration_failed",
+                    hydration.error or "hydration failed",
+                    ingest_mode=mode,
+                    max_bytes=self.cfg.kafka.max_message_bytes,
+                )
+                log.warning("event sent to DLQ", event_id=event.id, reason=hydration.error)
+                out.append(
+                    Routed(event.id, event.type, event.api, event.created_ms, [record], True)
+                )
+                continue
+            records = self.router.route(event, hydration, ingest_mode=mode)
+            out.append(Routed(event.id, event.type, event.api, event.created_ms, records))
+        return out
+
+    async def _accept(self, rt: PartitionRuntime, events: list[Event], newest: int | None) -> int:
+        """Tail intake: drop what is already published or not the tail's, publish the rest."""
+        async with self._locks[rt.partition]:
+            assert rt.tail_start_ms is not None
+            fresh, dups = rt.filter_new(events)
+            if dups:
+                metrics.DUPLICATES_SKIPPED.labels(source=rt.partition.api).inc(dups)
+            fresh = [e for e in fresh if e.created_ms >= rt.tail_start_ms]
+            items = await self._prepare(fresh, "tail")
+            await self._enqueue(rt, items, "tail", fresh, newest)
+            return len(fresh)
+
+    async def _enqueue(
+        self,
+        rt: PartitionRuntime,
+        items: list[Routed],
+        mode: IngestMode,
+        events: Sequence[Event] = (),
+        newest: int | None = None,
+        backfill_cursor: int | None = None,
+    ) -> None:
+        overlap = int(self.cfg.tail.overlap_seconds * 1000)
+        sweep = int(self.cfg.tail.sweep_window_seconds * 1000)
+
+        def build() -> Batch | None:
+            rt.mark(events)
+            if newest is not None:
+                rt.advance_watermark(newest)
+            if backfill_cursor is not None:
+                rt.advance_backfill(backfill_cursor)
+            if rt.watermark_ms is not None:
+                rt.prune(min(rt.watermark_ms - overlap, now_ms() - sweep) - overlap)
+            state = rt.snapshot()
+            if not items and not state:
+                return None
+            return Batch(rt.partition, items, state, mode)
+
+        await self.queue.put(build)
+
+    # --- backfill ---------------------------------------------------------------------------
+
+    async def _run_backfill(self, rt: PartitionRuntime) -> None:
+        bf = rt.backfill
+        assert bf is not None
+        p = rt.partition
+        g = self._granularity(p)
+        plan = SlicePlan[Routed].build(
+            bf.cursor_ms, bf.end_ms, self.cfg.backfill.slice_seconds * 1000, g
+        )
+        metrics.BACKFILL_SLICES.labels(state="total").set(len(plan.slices))
+        total_ms = max(1, bf.end_ms - bf.start_ms)
+        log.info("backfill starting", start=bf.cursor_ms, end=bf.end_ms, slices=len(plan.slices))
+
+        async def fetch(lo: int, hi: int) -> AsyncIterator[list[Routed]]:
+            async for events in self._read_window(p, lo, hi, ()):
+                yield await self._prepare(events, "backfill")
+
+        async def emit(s: Slice[Routed]) -> None:
+            items: list[Routed] = list(s.events or [])
+            await self._enqueue(rt, items, "backfill", backfill_cursor=s.hi_ms)
+            metrics.BACKFILL_SLICES.labels(state="done").inc()
+            metrics.BACKFILL_PROGRESS.set((s.hi_ms - bf.start_ms) / total_ms)
+
+        backfiller = Backfiller(
+            plan,
+            fetch,
+            emit,
+            concurrency=self.cfg.backfill.concurrency,
+            max_buffered_events=self.cfg.backfill.max_buffered_events,
+        )
+        reporter = _ProgressReporter(backfiller, p.key)
+        async with asyncio.TaskGroup() as tg:
+            progress = tg.create_task(reporter.run())
+            await _retrying(backfiller.run, "backfill")
+            progress.cancel()
+        s = backfiller.stats
+        log.info(
+            "backfill complete",
+            events=s.events,
+            pages=s.pages,
+            splits=s.splits,
+            seconds=round(time.monotonic() - s.started, 1),
+        )
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) task-group exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, asyncio.CancelledError)]
+        exc = (inner or list(exc.exceptions))[0]
+    return exc
+
+
+async def _retrying(fn: Callable[[], Any], what: str) -> None:
+    """Re-runs `fn` after retriable failures with capped exponential backoff."""
+    failures = 0
+    while True:
+        try:
+            await fn()
+            return
+        except IngestorError as exc:
+            metrics.ERRORS.labels(kind=type(exc).__name__).inc()
+            if not exc.retriable:
+                raise
+            delay = min(30.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0)
+            log.warning(f"{what} failed; retrying", error=str(exc), retry_in_s=round(delay, 2))
+            failures += 1
+            await asyncio.sleep(delay)
+
+
+class _ProgressReporter:
+    """Periodic progress lines (and a bar on a TTY) for a running backfill."""
+
+    def __init__(self, backfiller: Backfiller[Any], partition: str, every: float = 5.0) -> None:
+        self._b = backfiller
+        self._partition = partition
+        self._every = every
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            s = self._b.stats
+            elapsed = max(1e-6, time.monotonic() - s.started)
+            log.info(
+                "backfill progress",
+                events=s.events,
+                events_per_s=round(s.events / elapsed, 1),
+                slices_done=s.slices_done,
+                slices_left=len(self._b.plan.slices),
+            )
+
+
+# --- process entry ------------------------------------------------------------------------
+
+
+async def discover_partitions(config: Config, client: StripeClient) -> list[SourcePartition]:
+    """(api, account) pairs from config; `all` = the platform plus every connected account."""
+    accounts: list[str | None] = []
+    wanted = config.stripe.accounts or ("platform",)
+    for a in wanted:
+        if a == "platform":
+            accounts.append(None)
+        elif a == "all":
+            accounts.append(None)
+            accounts.extend(await _connected_accounts(client))
+        else:
+            accounts.append(a)
+    apis: list[Literal["v1", "v2"]] = []
+    if config.stripe.v1:
+        apis.append("v1")
+    if config.stripe.v2:
+        apis.append("v2")
+    seen: dict[SourcePartition, None] = {}
+    for acct in accounts:
+        for api in apis:
+            seen[SourcePartition(api, acct)] = None
+    return list(seen)
+
+
+async def _connected_accounts(client: StripeClient) -> list[str]:
+    out: list[str] = []
+    cursor: str | None = None
+    while True:
+        params = [("limit", "100")] + ([("starting_after", cursor)] if cursor else [])
+        body = await client.request_json("GET", "/v1/accounts", params=params)
+        data = body.get("data") or []
+        out.extend(str(a["id"]) for a in data)
+        if not body.get("has_more") or not data:
+            return out
+        cursor = str(data[-1]["id"])
+
+
+async def serve(
+    loaded: Loaded,
+    *,
+    backfill: bool = False,
+    since: str | None = None,
+    once: bool = False,
+    stop: asyncio.Event | None = None,
+    readiness: Readiness | None = None,
+) -> int:
+    """Runs the service until `stop` is set (or, with `once`, until caught up)."""
+    cfg = loaded.config
+    stop = stop or asyncio.Event()
+    readiness = readiness or Readiness(max_poll_age_seconds=cfg.alarms.ready_max_poll_age_seconds)
+    outcome = RunOutcome()
+    async with (
+        HealthServer(readiness, host=cfg.http.host, port=cfg.http.port),
+        StripeClient(cfg.stripe) as client,
+    ):
+
+        async def fetch(url: str, account: str | None) -> dict[str, Any]:
+            api: Literal["v1", "v2"] = "v2" if "/v2/" in url else "v1"
+            return await fetch_object(client, url, account=account, api=api, max_retries=0)
+
+        async with Hydrator(
+            fetch, concurrency=cfg.hydrate.concurrency, max_attempts=cfg.hydrate.max_attempts
+        ) as hydrator:
+            partitions = await discover_partitions(cfg, client)
+            failures = 0
+            while not stop.is_set():
+                try:
+                    async with Sink(cfg.kafka) as sink:
+
+                        async def kafka_ok(sink: Sink = sink) -> bool:
+                            return sink.healthy
+
+                        readiness.add_probe("kafka", kafka_ok)
+                        await Pipeline(
+                            cfg,
+                            client,
+                            sink,
+                            hydrator,
+                            readiness,
+                            partitions,
+                            backfill=backfill,
+                            since=since,
+                            once=once,
+                            outcome=outcome,
+                        ).run(stop)
+                    break
+                except (KafkaUnavailable, BaseExceptionGroup) as exc:
+                    cause = _unwrap(exc)
+                    if not isinstance(cause, KafkaUnavailable):
+                        raise cause from None
+                    # The last transaction's outcome is unknown: rebuild from the state topic
+                    # (what Kafka really holds) instead of guessing.
+                    readiness.mark_kafka(False)
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2**failures)
+                    log.warning(
+                        "kafka unavailable; restarting from committed state",
+                        error=str(cause),
+                        retry_in_s=delay,
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await stop.wait()
+    if outcome.lost_windows:
+        return EXIT_DATA_LOST if once else EXIT_OK
+    return EXIT_OK
+
+
+def main(loaded: Loaded, *, backfill: bool, since: str | None, once: bool) -> int:
+    """Process entry for `ingestor run`: logging, signals, exit code."""
+    cfg = loaded.config
+    configure_logging(cfg.log.level, cfg.log.format)
+
+    async def _main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            return await serve(loaded, backfill=backfill, since=since, once=once, stop=stop)
+        except (IngestorError, BaseExceptionGroup) as exc:
+            cause = _unwrap(exc)
+            if isinstance(cause, Fenced):
+                log.error("fenced: another instance owns this shard; exiting", error=str(cause))
+            elif isinstance(cause, IngestorError):
+                log.error("fatal", error=str(cause), kind=type(cause).__name__)
+            else:
+                raise
+            return EXIT_FAILURE
+
+    return asyncio.run(_main())
+
+
+__all__ = ["CursorExpired", "Pipeline", "main", "serve"]
