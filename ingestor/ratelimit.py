@@ -13,6 +13,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 # A burst of 429s from one of Stripe's one-second windows must halve the rate once, not N times.
 DECREASE_INTERVAL = 1.0
+# Float rounding can leave a deficit too small for any clock to advance past; count it as paid.
+EPSILON = 1e-9
 
 
 class RateBudget:
@@ -90,7 +92,7 @@ class RateBudget:
             need = min(cost, self._burst)
             while True:
                 self._refill()
-                if self._tokens >= need:
+                if self._tokens + EPSILON >= need:
                     self._tokens -= cost
                     return
                 await self._sleep((need - self._tokens) / self._rate)

@@ -406,7 +406,9 @@ class StripeClient:
 
     def _url(self, path_or_url: str, params: Sequence[tuple[str, str]]) -> tuple[yarl.URL, str]:
         """The absolute URL to call and its path; refuses anything off `api_base`'s origin."""
-        full = self._base + path_or_url if path_or_url.startswith("/") else path_or_url
+        # `//host/...` is a scheme-relative URL to another host, not a path.
+        is_path = path_or_url.startswith("/") and not path_or_url.startswith("//")
+        full = self._base + path_or_url if is_path else path_or_url
         parts = urlsplit(full)
         scheme = parts.scheme.lower()
         try:
