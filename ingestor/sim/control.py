@@ -1,0 +1,116 @@
+"""The `/_sim/` control surface (no auth): add events, change knobs, ground truth, counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ingestor.sim.keys import SIM
+from ingestor.sim.scenario import Faults
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        raise web.HTTPBadRequest(text="expected a JSON object") from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="expected a JSON object")
+    return data
+
+
+async def add_events(request: web.Request) -> web.Response:
+    """`{count, type?, account?, api?, lag_seconds?, created?, object_id?}` -> `{ids}`."""
+    body = await _body(request)
+    allowed = {"count", "type", "account", "api", "lag_seconds", "created", "object_id"}
+    if set(body) - allowed:
+        return _json({"error": f"unknown keys {sorted(set(body) - allowed)}"}, 400)
+    try:
+        ids = request.app[SIM].add_events(
+            int(body.get("count", 1)),
+            type=body.get("type"),
+            account=body.get("account"),
+            api=str(body.get("api", "v1")),
+            lag_seconds=float(body.get("lag_seconds", 0.0)),
+            created=None if body.get("created") is None else float(body["created"]),
+            object_id=body.get("object_id"),
+        )
+    except (ValueError, TypeError, OverflowError) as exc:
+        return _json({"error": str(exc)}, 400)
+    return _json({"ids": ids})
+
+
+async def set_config(request: web.Request) -> web.Response:
+    """`{faults?: {...}, rate_limit?, latency_ms?: [min, max], late_share?,
+    lag_seconds?: [min, max], live_rate?, advance_clock_seconds?}`; returns the new settings."""
+    body = await _body(request)
+    sim = request.app[SIM]
+    try:
+        faults = body.pop("faults", None)
+        advance = body.pop("advance_clock_seconds", None)
+        sim.set_faults(
+            Faults(**faults) if isinstance(faults, dict) else None,
+            rate_limit=body.pop("rate_limit", None),
+            latency_ms=body.pop("latency_ms", None),
+            late_share=body.pop("late_share", None),
+            lag_seconds=body.pop("lag_seconds", None),
+            live_rate=body.pop("live_rate", None),
+        )
+        if body:
+            raise ValueError(f"unknown keys {sorted(body)}")
+        if advance is not None:
+            sim.advance_clock(float(advance))
+    except (ValueError, TypeError) as exc:
+        return _json({"error": str(exc)}, 400)
+    return _json(settings(request))
+
+
+def settings(request: web.Request) -> dict[str, Any]:
+    sim = request.app[SIM]
+    f = sim.faults
+    return {
+        "faults": {k: getattr(f, k) for k in f.__dataclass_fields__},
+        "rate_limit": sim.rate_limit,
+        "latency_ms": list(sim.latency_ms),
+        "late_share": sim.late_share,
+        "lag_seconds": list(sim.lag_seconds),
+        "live_rate": sim.live_rate,
+        "now_ms": sim.now_ms(),
+        "events": len(sim.events),
+        "pending": len(sim.events.pending),
+        "accounts": [a for a in sim.accounts if a],
+    }
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return _json(settings(request))
+
+
+async def truth(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[SIM].truth_bytes(), content_type="application/json")
+
+
+async def counters(request: web.Request) -> web.Response:
+    return _json(request.app[SIM].counters())
+
+
+async def reset_counters(request: web.Request) -> web.Response:
+    request.app[SIM].reset_counters()
+    return _json({})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/_sim/events", add_events)
+    r.add_post("/_sim/config", set_config)
+    r.add_get("/_sim/config", get_config)
+    r.add_get("/_sim/truth", truth)
+    r.add_get("/_sim/counters", counters)
+    r.add_post("/_sim/counters/reset", reset_counters)

@@ -1,0 +1,142 @@
+"""Scenario: the simulator's seeded, reproducible knobs, loaded from TOML (`sim/*.toml`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_SCENARIO = HERE / "default.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Per-request probabilities of each failure Stripe (or the network) can produce."""
+
+    error_500: float = 0.0
+    error_503_html: float = 0.0
+    conflict_409: float = 0.0
+    reset: float = 0.0
+    truncate: float = 0.0
+    stall: float = 0.0
+    stall_seconds: float = 30.0
+
+    def total(self) -> float:
+        return (
+            self.error_500
+            + self.error_503_html
+            + self.conflict_409
+            + self.reset
+            + self.truncate
+            + self.stall
+        )
+
+
+Weights = tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """Every knob of a simulated Stripe account; see default.toml for what each one means."""
+
+    name: str = "default"
+    start_time: float = 0.0
+    api_version: str = "2026-10-28.endive"
+    history_events: int = 2000
+    history_span_seconds: float = 3 * 86400.0
+    history_bursts: int = 1
+    burst_size: int = 250
+    v2_share: float = 0.12
+    v1_types: Weights = (("charge.succeeded", 1.0),)
+    v2_types: Weights = (("v1.charge.succeeded", 1.0),)
+    accounts: tuple[str, ...] = ()
+    platform_share: float = 1.0
+    events_per_object: float = 3.0
+    metadata_padding_bytes: int = 0
+    live_rate: float = 0.0
+    live_burst_interval_seconds: float = 0.0
+    late_share: float = 0.0
+    lag_min_seconds: float = 5.0
+    lag_max_seconds: float = 60.0
+    retention_days: float = 30.0
+    rate_limit: float = 0.0
+    latency_min_ms: float = 0.0
+    latency_max_ms: float = 0.0
+    faults: Faults = field(default_factory=Faults)
+    stripe_data_dir: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("v2_share", "platform_share", "late_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be within [0, 1]")
+        if self.history_events < 0 or self.history_bursts < 0 or self.burst_size < 0:
+            problems.append("history_events, history_bursts and burst_size must be >= 0")
+        if self.history_span_seconds <= 0 or self.retention_days <= 0:
+            problems.append("history_span_seconds and retention_days must be > 0")
+        if self.events_per_object < 1:
+            problems.append("events_per_object must be >= 1")
+        if self.lag_min_seconds < 0 or self.lag_max_seconds < self.lag_min_seconds:
+            problems.append("need 0 <= lag_min_seconds <= lag_max_seconds")
+        if self.latency_min_ms < 0 or self.latency_max_ms < self.latency_min_ms:
+            problems.append("need 0 <= latency_min_ms <= latency_max_ms")
+        if self.live_rate < 0 or self.rate_limit < 0:
+            problems.append("live_rate and rate_limit must be >= 0")
+        if not self.v1_types or not self.v2_types:
+            problems.append("v1_types and v2_types need at least one type each")
+        if any(w < 0 for _, w in self.v1_types + self.v2_types):
+            problems.append("type weights must be >= 0")
+        if not all(a.startswith("acct_") for a in self.accounts):
+            problems.append("accounts must be acct_... ids")
+        if self.faults.total() > 1.0:
+            problems.append("fault probabilities add up to more than 1")
+        if problems:
+            raise ValueError(f"scenario {self.name!r}: " + "; ".join(problems))
+
+
+def _weights(value: Any, key: str) -> Weights:
+    if isinstance(value, dict):
+        return tuple((str(k), float(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return tuple((str(v), 1.0) for v in value)
+    raise ValueError(f"scenario: {key} must be a table of type = weight, or a list of types")
+
+
+def from_mapping(data: dict[str, Any], *, name: str = "custom") -> Scenario:
+    """A Scenario from a TOML-shaped mapping; unknown keys are an error, not silently ignored."""
+    known = {f.name for f in dataclasses.fields(Scenario)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"scenario {name!r}: unknown keys {unknown}")
+    values: dict[str, Any] = {"name": name, **data}
+    for key in ("v1_types", "v2_types"):
+        if key in values:
+            values[key] = _weights(values[key], key)
+    if "accounts" in values:
+        values["accounts"] = tuple(values["accounts"])
+    if "faults" in values:
+        fault_keys = {f.name for f in dataclasses.fields(Faults)}
+        bad = sorted(set(values["faults"]) - fault_keys)
+        if bad:
+            raise ValueError(f"scenario {name!r}: unknown fault keys {bad}")
+        values["faults"] = Faults(**{k: float(v) for k, v in values["faults"].items()})
+    for f in dataclasses.fields(Scenario):
+        if f.name in values and f.type in ("float", float):
+            values[f.name] = float(values[f.name])
+    return Scenario(**values)
+
+
+def load_scenario(path: str | Path | None) -> Scenario:
+    """Reads a scenario TOML file; None -> the shipped default. A bare name (`demo`) picks the
+    shipped file of that name."""
+    if path is None:
+        path = DEFAULT_SCENARIO
+    p = Path(path)
+    if not p.exists() and (HERE / f"{p.name}.toml").exists():
+        p = HERE / f"{p.name}.toml"
+    with p.open("rb") as fh:
+        data = tomllib.load(fh)
+    return from_mapping(data, name=str(data.pop("name", p.stem)))
