@@ -7,7 +7,8 @@ import pytest
 
 from ingestor.errors import StateCorrupt
 from ingestor.events import Event, SourcePartition
-from ingestor.partition import BUCKET_MS, CHUNK_ENTRIES, BackfillProgress, PartitionRuntime
+from ingestor.partition import BUCKET_MS, BackfillProgress, PartitionRuntime
+from ingestor.state import CHUNK_ENTRIES
 
 P = SourcePartition("v1", "acct_123")
 
