@@ -150,6 +150,11 @@ class StripeClient:
         return self._budget
 
     @property
+    def files_budget(self) -> RateBudget:
+        """The extra budget for `/v1/files*` (Stripe allows fewer reads/s there)."""
+        return self._files_budget
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -253,6 +258,9 @@ class StripeClient:
             attempt += 1
             for budget in budgets:
                 await budget.acquire()
+            if self._closed:
+                # Closed while backing off or queued for a token: stop instead of a RuntimeError.
+                raise ClosedError("StripeClient is closed")
             try:
                 status, request_id, body = await self._attempt(
                     session, method, url, headers, data, endpoint

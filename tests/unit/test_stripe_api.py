@@ -438,3 +438,34 @@ async def test_malformed_from_a_parse_hook_is_retried_and_carries_the_request_id
         await client.request("GET", "/v1/x", parse=parse, max_retries=0)
     assert info.value.request_id == "req_3"
     assert info.value.retriable
+
+
+async def test_closing_during_backoff_stops_the_retry_loop_with_closed_error(
+    stub: StripeStub,
+) -> None:
+    holder: list[StripeClient] = []
+
+    async def close_while_sleeping(seconds: float) -> None:
+        await holder[0].close()
+
+    stub.fallback = error(500, "x")
+    async with StripeClient(
+        config(stub.base), budget=RateBudget(1000.0), sleep=close_while_sleeping
+    ) as c:
+        holder.append(c)
+        with pytest.raises(ClosedError):
+            await c.request_json("GET", "/v1/events")
+    assert len(stub.requests) == 1
+
+
+async def test_files_requests_also_spend_and_slow_the_files_budget(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    limited = error(429, "slow down", type="rate_limit_error")
+    stub.push(limited, Reply(json={"id": "file_1"}))
+    await client.request_json("GET", "/v1/files/file_1XYZ")
+    assert client.files_budget.rate < 20.0
+    rate_after_files = client.files_budget.rate
+    stub.push(limited, OK)
+    await client.request_json("GET", "/v1/events")
+    assert client.files_budget.rate == rate_after_files  # other endpoints leave it alone
