@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -188,6 +189,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         # Results go to stdout; logs stay on stderr and quiet unless asked for.
         configure_logging("debug" if args.debug else "error", "auto", sys.stderr)
+        if not args.debug:
+            # Library noise (aiokafka's connect errors) repeats what the FAIL lines say.
+            logging.getLogger().setLevel(logging.CRITICAL)
         return check.main(loaded.config, timeout=args.timeout, out=sys.stdout)
     if args.command == "run":
         configure_logging(loaded.config.log.level, loaded.config.log.format)
