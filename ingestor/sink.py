@@ -1,0 +1,649 @@
+"""Kafka sink: a batch of event records plus its state records in one transaction; topic admin."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    for_code,
+)
+from aiokafka.helpers import create_ssl_context
+
+from ingestor.config import KafkaConfig
+from ingestor.errors import ClosedError, ConfigError, Fenced, IngestorError, KafkaUnavailable
+from ingestor.events import Record
+from ingestor.metrics import DLQ_EVENTS, TRANSACTIONS
+
+log = structlog.get_logger(__name__)
+
+# What Kafka adds to a record beyond key, value and headers (varints, timestamp/offset deltas,
+# its share of the batch header). Used for the pre-check so the broker never sees a record it
+# would reject.
+RECORD_OVERHEAD = 100
+# Topics we create accept a little more than max_message_bytes: a batch holding one maximal
+# record carries a 61-byte batch header, and compression can grow incompressible data slightly.
+TOPIC_SIZE_SLACK = 16 * 1024
+# Bigger producer batches than aiokafka's 16 KB default: fewer produce requests per transaction.
+MAX_BATCH_BYTES = 512 * 1024
+LINGER_MS = 5
+# Upper bound for best-effort clean-up (abort, stop) after a failure, so a dead broker cannot
+# hold the caller much longer than the operation's own timeout.
+CLEANUP_SECONDS = 5.0
+DISCARD_SECONDS = 1.0
+
+_TOO_LARGE = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+)
+_FENCED = (ProducerFenced, InvalidProducerEpoch)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one committed batch wrote: records on their own topics, and records the sink diverted
+    to the dead-letter topic (records the caller already addressed to the DLQ count as published).
+    """
+
+    published: int
+    dlq: int
+
+
+class _Rejected(Exception):
+    """Internal: the broker refused some records of the batch as too large (indexes into it)."""
+
+    def __init__(self, indexes: list[int], cause: BaseException) -> None:
+        super().__init__(f"{len(indexes)} records rejected as too large: {cause!r}")
+        self.indexes = indexes
+        self.cause = cause
+
+
+class Sink:
+    """Writes batches of records and their state records to Kafka, and creates topics.
+
+    ``delivery = "exactly_once"``: each ``commit_batch`` is one Kafka transaction holding the
+    batch's records and its state records; the commit makes both visible to read_committed
+    consumers, any failure aborts both. The transactional id is derived from the shard, so a
+    second copy of the same shard fences this one: ``commit_batch`` then raises ``Fenced`` and
+    the sink refuses all further work (re-initialising would fence the new owner back).
+
+    ``delivery = "at_least_once"``: an idempotent producer; records are sent and acknowledged
+    first, and only then the state, so a crash in between re-publishes rather than loses.
+
+    Contract with the caller: after ``commit_batch`` raises, the outcome is unknown; call
+    ``restore_state()`` before trying again. The failed producer has been discarded; the next
+    call creates a new one with the same transactional id, whose initialisation aborts whatever
+    transaction the old one left open, so ``restore_state()`` then reads exactly what was
+    committed.
+    """
+
+    def __init__(self, config: KafkaConfig, *, client_id: str = "ingestor") -> None:
+        self._config = config
+        self._client_id = client_id
+        self._exactly_once = config.delivery == "exactly_once"
+        self._timeout = config.request_timeout
+        self._ssl_context = _ssl_context(config)
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._known_topics: set[str] = set()
+        self._topics_lock = asyncio.Lock()
+        # One transaction at a time: aiokafka's producer holds a single transaction state.
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._fenced = False
+        self._healthy = False
+
+    def __repr__(self) -> str:
+        # Deliberately no config dump: only what identifies the sink, never credentials.
+        return (
+            f"Sink(bootstrap={self._config.bootstrap_servers!r}, "
+            f"delivery={self._config.delivery!r}, transactional_id={self.transactional_id!r})"
+        )
+
+    @property
+    def transactional_id(self) -> str | None:
+        """The shard's transactional id in exactly_once mode, None in at_least_once mode."""
+        return self._config.effective_transactional_id if self._exactly_once else None
+
+    @property
+    def healthy(self) -> bool:
+        """True while the last interaction with Kafka succeeded (for /readyz)."""
+        return self._healthy and not self._closed and not self._fenced
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stops the producer (flushing what is acknowledged-pending) and the admin client."""
+        if self._closed:
+            return
+        self._closed = True
+        self._healthy = False
+        # Waits for an in-flight commit_batch, which is itself bounded by its timeout.
+        async with self._lock:
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                await _stop_producer(producer, graceful=True)
+            admin, self._admin = self._admin, None
+            if admin is not None:
+                await admin.close()
+        log.debug("sink.closed", transactional_id=self.transactional_id)
+
+    # --- topics ---------------------------------------------------------------------------
+
+    async def ensure_topics(self, names: Iterable[str]) -> None:
+        """Creates the topics that do not exist yet and waits until the producer sees them.
+
+        The state topic is created compacted with ``state_topic_partitions`` partitions; every
+        other topic (the DLQ included) gets ``topic_partitions``. A topic that already exists is
+        fine (another process may have made it); its settings are left alone.
+        """
+        self._check_open()
+        wanted = set(names)
+        if wanted <= self._known_topics:
+            return
+        async with self._topics_lock:
+            missing = sorted(wanted - self._known_topics)
+            if not missing:
+                return
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._create_topics(missing)
+                    producer = await self._producer_ready()
+                    for name in missing:
+                        # Metadata propagates asynchronously after CreateTopics; sending before
+                        # the producer knows the topic would stall the batch instead.
+                        await producer.partitions_for(name)
+            except BaseException as exc:
+                self._healthy = False
+                if isinstance(exc, IngestorError | asyncio.CancelledError):
+                    raise
+                raise self._convert(exc, "creating topics") from exc
+            self._known_topics.update(missing)
+            self._healthy = True
+
+    async def _create_topics(self, names: list[str]) -> None:
+        admin = await self._admin_ready()
+        response = await admin.create_topics([self._new_topic(name) for name in names])
+        for entry in response.topic_errors:
+            name, code = entry[0], entry[1]
+            message = entry[2] if len(entry) > 2 else None
+            if code == 0:
+                log.info("sink.topic_created", topic=name)
+                continue
+            error = for_code(code)
+            if error is TopicAlreadyExistsError:
+                continue
+            detail = f"cannot create topic {name!r}: {error.__name__}: {message or ''}".strip()
+            if error.retriable:
+                raise KafkaUnavailable(detail)
+            # Bad name, replication above the broker count, policy: retrying cannot help.
+            raise IngestorError(detail)
+
+    def _new_topic(self, name: str) -> NewTopic:
+        c = self._config
+        configs = {"max.message.bytes": str(c.max_message_bytes + TOPIC_SIZE_SLACK)}
+        partitions = c.topic_partitions
+        if name == c.state_topic:
+            configs["cleanup.policy"] = "compact"
+            partitions = c.state_topic_partitions
+        return NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=c.topic_replication,
+            topic_configs=configs,
+        )
+
+    # --- state ----------------------------------------------------------------------------
+
+    async def restore_state(self) -> dict[bytes, bytes]:
+        """Reads the state topic from its beginning to its end offset with read_committed.
+
+        Returns the latest value per key; a tombstone (value None) deletes the key. Creates the
+        state topic when it does not exist yet (then the answer is empty).
+        """
+        self._check_open()
+        async with self._lock:
+            self._check_fenced()
+            state_topic = self._config.state_topic
+            await self.ensure_topics([state_topic])
+            try:
+                async with asyncio.timeout(self._timeout):
+                    # Initialising the producer first fences an older incarnation of this shard
+                    # and aborts its open transaction; otherwise the read_committed end offset
+                    # would sit at that transaction's start until it timed out.
+                    producer = await self._producer_ready()
+                    partitions = sorted(await producer.partitions_for(state_topic))
+                state = await self._read_state(state_topic, partitions)
+            except BaseException as exc:
+                self._healthy = False
+                if isinstance(exc, IngestorError | asyncio.CancelledError):
+                    raise
+                raise self._convert(exc, "restoring state") from exc
+            self._healthy = True
+            log.info("sink.state_restored", topic=state_topic, keys=len(state))
+            return state
+
+    async def _read_state(self, topic: str, partitions: list[int]) -> dict[bytes, bytes]:
+        consumer = AIOKafkaConsumer(
+            **self._client_kwargs(),
+            client_id=f"{self._client_id}-restore",
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+        )
+        state: dict[bytes, bytes] = {}
+        try:
+            async with asyncio.timeout(self._timeout):
+                await consumer.start()
+                tps = [TopicPartition(topic, p) for p in partitions]
+                consumer.assign(tps)
+                await consumer.seek_to_beginning(*tps)
+                # With read_committed this is the last stable offset: everything before it is
+                # decided (committed or aborted).
+                end: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+            pending = {tp for tp in tps if end[tp] > 0}
+            while pending:
+                # Each round must make progress within the timeout; a long topic may take
+                # longer than that in total, a stalled broker may not.
+                async with asyncio.timeout(self._timeout):
+                    batches = await consumer.getmany(*pending, timeout_ms=1000)
+                    for tp, messages in batches.items():
+                        for message in messages:
+                            if message.offset >= end[tp] or message.key is None:
+                                continue
+                            if message.value is None:
+                                state.pop(message.key, None)
+                            else:
+                                state[message.key] = message.value
+                    for tp in list(pending):
+                        if await consumer.position(tp) >= end[tp]:
+                            pending.discard(tp)
+        finally:
+            await consumer.stop()
+        return state
+
+    # --- batches --------------------------------------------------------------------------
+
+    async def commit_batch(
+        self, records: Sequence[Record], state: Mapping[bytes, bytes | None]
+    ) -> BatchResult:
+        """Publishes ``records`` and the ``state`` records (state topic, key -> value; None is a
+        tombstone) as one unit: one transaction (exactly_once), or records acknowledged before
+        state (at_least_once).
+
+        A record larger than ``max_message_bytes`` is replaced by a dead-letter record; so is a
+        record the broker still rejects as too large (the batch is then aborted and retried once
+        without it). Topics the batch needs are created first. Raises ``Fenced`` when another
+        producer took over the transactional id, ``KafkaUnavailable`` otherwise; after raising,
+        the outcome is unknown (see the class docstring).
+        """
+        self._check_open()
+        async with self._lock:
+            self._check_fenced()
+            batch, diverted = self._precheck(records)
+            if not batch and not state:
+                return BatchResult(published=0, dlq=0)
+            c = self._config
+            await self.ensure_topics({r.topic for r in batch} | {c.state_topic, c.dlq_topic})
+            try:
+                await self._attempt(batch, state)
+            except _Rejected as rejected:
+                culprits = self._culprits(batch, rejected.indexes)
+                for index in culprits:
+                    batch[index] = self._dead_letter(batch[index], _record_size(batch[index]))
+                diverted += len(culprits)
+                log.warning(
+                    "sink.batch_retry_after_too_large",
+                    transactional_id=self.transactional_id,
+                    diverted=len(culprits),
+                )
+                # A transaction was aborted whole and is redone whole; without transactions
+                # the acknowledged records stay published and only the refused ones are resent.
+                retry = batch if self._exactly_once else [batch[i] for i in rejected.indexes]
+                try:
+                    await self._attempt(retry, state)
+                except _Rejected as again:
+                    raise KafkaUnavailable(
+                        f"the broker rejected records as too large twice: {again.cause!r}"[:300]
+                    ) from again.cause
+            self._healthy = True
+            if self._exactly_once:
+                TRANSACTIONS.labels(outcome="committed").inc()
+            if diverted:
+                DLQ_EVENTS.labels(reason="too_large").inc(diverted)
+            return BatchResult(published=len(batch) - diverted, dlq=diverted)
+
+    def _precheck(self, records: Sequence[Record]) -> tuple[list[Record], int]:
+        """Replaces records that cannot fit ``max_message_bytes`` by dead-letter records."""
+        limit = self._config.max_message_bytes
+        batch: list[Record] = []
+        diverted = 0
+        for record in records:
+            size = _record_size(record)
+            if size > limit:
+                batch.append(self._dead_letter(record, size))
+                diverted += 1
+            else:
+                batch.append(record)
+        return batch, diverted
+
+    def _culprits(self, batch: list[Record], rejected: list[int]) -> list[int]:
+        """Which rejected records to divert: the broker fails a whole producer batch, so small
+        neighbours of a big record fail with it. A record bigger than a producer batch always
+        travels alone and is surely guilty; otherwise the largest rejected record is.
+        """
+        alone = [i for i in rejected if _record_size(batch[i]) > self._max_batch_bytes]
+        return alone or [max(rejected, key=lambda i: _record_size(batch[i]))]
+
+    def _dead_letter(self, record: Record, size: int) -> Record:
+        limit = self._config.max_message_bytes
+        headers = tuple((k, v) for k, v in record.headers if not k.startswith("dlq_"))
+        event_type = next(
+            (v.decode("utf-8", "replace") for k, v in headers if k == "event_type"), None
+        )
+        value = orjson.dumps(
+            {
+                "event_id": record.event_id,
+                "event_type": event_type,
+                "reason": "too_large",
+                "size": size,
+            }
+        )
+        log.warning(
+            "sink.dead_letter",
+            event_id=record.event_id,
+            event_type=event_type,
+            topic=record.topic,
+            reason="too_large",
+            size=size,
+            limit=limit,
+        )
+        return Record(
+            topic=self._config.dlq_topic,
+            key=record.key,
+            value=value,
+            headers=(
+                *headers,
+                ("dlq_reason", b"too_large"),
+                ("dlq_detail", f"{size} bytes > {limit}".encode()),
+            ),
+            event_id=record.event_id,
+        )
+
+    async def _attempt(self, batch: list[Record], state: Mapping[bytes, bytes | None]) -> None:
+        producer = await self._producer_ready()
+        in_transaction = False
+        try:
+            async with asyncio.timeout(self._timeout):
+                if self._exactly_once:
+                    await producer.begin_transaction()
+                    in_transaction = True
+                    futures = await self._send(producer, batch)
+                    futures += await self._send_state(producer, state)
+                    # aiokafka does not fail the transaction when a record fails; committing
+                    # now would publish the batch without it. Every ack must be checked first.
+                    acks = await asyncio.gather(*futures, return_exceptions=True)
+                    self._check_acks(acks, records=len(batch))
+                    await producer.commit_transaction()
+                    in_transaction = False
+                else:
+                    futures = await self._send(producer, batch)
+                    acks = await asyncio.gather(*futures, return_exceptions=True)
+                    self._check_acks(acks, records=len(batch))
+                    # State only after every record is acknowledged: a crash in between means
+                    # re-publishing (at least once), never skipping.
+                    futures = await self._send_state(producer, state)
+                    acks = await asyncio.gather(*futures, return_exceptions=True)
+                    self._check_acks(acks, records=0)
+        except BaseException as exc:
+            self._healthy = False
+            # Abort only when the broker is answering: after a timeout it likely is not, and
+            # after fencing the transaction is no longer ours to end.
+            answering = not isinstance(exc, TimeoutError | asyncio.CancelledError)
+            abort = in_transaction and answering and not _caused_by(exc, _FENCED)
+            await self._abandon(producer, exc, abort=abort)
+            if isinstance(exc, _Rejected | asyncio.CancelledError):
+                raise
+            raise self._convert(exc, "committing a batch") from exc
+
+    async def _send(self, producer: AIOKafkaProducer, batch: list[Record]) -> list[Any]:
+        # Queue every record before awaiting any ack; awaiting each send would cost a round
+        # trip per record.
+        return [
+            await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers)) for r in batch
+        ]
+
+    async def _send_state(
+        self, producer: AIOKafkaProducer, state: Mapping[bytes, bytes | None]
+    ) -> list[Any]:
+        topic = self._config.state_topic
+        return [await producer.send(topic, value, key=key) for key, value in state.items()]
+
+    def _check_acks(self, results: list[Any], *, records: int) -> None:
+        """Raises the first failure among the acks; the first ``records`` acks belong to batch
+        records (which can be diverted when too large), the rest to state records (which cannot).
+        """
+        too_large: list[int] = []
+        for index, result in enumerate(results):
+            if not isinstance(result, BaseException):
+                continue
+            if not isinstance(result, _TOO_LARGE):
+                raise result
+            if index >= records:
+                raise IngestorError(f"a state record is too large for the state topic: {result!r}")
+            too_large.append(index)
+        if too_large:
+            raise _Rejected(too_large, results[too_large[0]])
+
+    async def _abandon(
+        self, producer: AIOKafkaProducer, exc: BaseException, *, abort: bool
+    ) -> None:
+        """Gives up the current attempt: aborts when the broker answered (so read_committed
+        consumers are not held back until the transaction times out), then discards the
+        producer; its successor's initialisation aborts whatever is still open.
+        """
+        if abort:
+            try:
+                async with asyncio.timeout(CLEANUP_SECONDS):
+                    await producer.abort_transaction()
+            except Exception as abort_exc:
+                log.warning("sink.abort_failed", error=repr(abort_exc))
+        if self._exactly_once:
+            TRANSACTIONS.labels(outcome="aborted").inc()
+        log.warning(
+            "sink.attempt_failed",
+            transactional_id=self.transactional_id,
+            error=repr(exc)[:300],
+            aborted=abort,
+        )
+        if self._producer is producer:
+            self._producer = None
+        await _stop_producer(producer, graceful=False)
+
+    # --- clients --------------------------------------------------------------------------
+
+    @property
+    def _max_batch_bytes(self) -> int:
+        # A producer batch never exceeds what a topic accepts, so only a single oversized
+        # record can ever be refused.
+        return min(MAX_BATCH_BYTES, self._config.max_message_bytes)
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        c = self._config
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": c.bootstrap_servers,
+            "request_timeout_ms": int(c.request_timeout * 1000),
+            "security_protocol": c.security_protocol,
+        }
+        if self._ssl_context is not None:
+            kwargs["ssl_context"] = self._ssl_context
+        if c.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = c.sasl_mechanism
+            kwargs["sasl_plain_username"] = c.sasl_username
+            kwargs["sasl_plain_password"] = c.sasl_password.reveal()
+        return kwargs
+
+    async def _admin_ready(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(
+                **self._client_kwargs(), client_id=f"{self._client_id}-admin"
+            )
+            try:
+                await admin.start()
+            except BaseException:
+                await admin.close()
+                raise
+            self._admin = admin
+        return self._admin
+
+    async def _producer_ready(self) -> AIOKafkaProducer:
+        self._check_fenced()
+        if self._producer is not None:
+            return self._producer
+        c = self._config
+        producer = AIOKafkaProducer(
+            **self._client_kwargs(),
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=self.transactional_id,
+            compression_type=None if c.compression == "none" else c.compression,
+            max_request_size=c.max_message_bytes + TOPIC_SIZE_SLACK,
+            max_batch_size=self._max_batch_bytes,
+            linger_ms=LINGER_MS,
+        )
+        try:
+            # start() initialises the producer id; with a transactional id that fences any
+            # older producer of this shard and aborts its open transaction.
+            async with asyncio.timeout(self._timeout):
+                await producer.start()
+        except BaseException as exc:
+            await _stop_producer(producer, graceful=False)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise self._convert(exc, "starting the producer") from exc
+        self._producer = producer
+        log.info(
+            "sink.producer_started",
+            bootstrap=c.bootstrap_servers,
+            transactional_id=self.transactional_id,
+            delivery=c.delivery,
+        )
+        return producer
+
+    def _convert(self, exc: BaseException, doing: str) -> IngestorError:
+        if isinstance(exc, IngestorError):
+            return exc
+        if _caused_by(exc, _FENCED):
+            self._fenced = True
+            log.error("sink.fenced", transactional_id=self.transactional_id)
+            return Fenced(
+                f"transactional id {self.transactional_id!r} was taken over by another producer"
+            )
+        if isinstance(exc, TimeoutError):
+            return KafkaUnavailable(f"Kafka did not answer within {self._timeout:g}s while {doing}")
+        return KafkaUnavailable(f"Kafka failed while {doing}: {exc!r}"[:300])
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the Kafka sink is closed")
+
+    def _check_fenced(self) -> None:
+        if self._fenced:
+            raise Fenced(
+                f"transactional id {self.transactional_id!r} was taken over by another producer"
+            )
+
+
+def _record_size(record: Record) -> int:
+    """Size the broker will count for this record, give or take the fixed overhead."""
+    size = len(record.key or b"") + len(record.value) + RECORD_OVERHEAD
+    for name, value in record.headers:
+        size += len(name.encode()) + len(value)
+    return size
+
+
+def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """True if ``exc`` or anything in its cause/context chain is one of ``kinds``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _ssl_context(config: KafkaConfig) -> ssl.SSLContext | None:
+    if config.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    try:
+        context: ssl.SSLContext = create_ssl_context(cafile=config.ssl_cafile or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("kafka.ssl_cafile", f"cannot load CA file: {exc}") from exc
+    return context
+
+
+async def _stop_producer(producer: AIOKafkaProducer, *, graceful: bool) -> None:
+    """Stops a producer within CLEANUP_SECONDS even when the broker is gone.
+
+    aiokafka's stop() first flushes pending records, which with idempotence never expire; a
+    discarded producer's records belong to an aborted or unknown transaction, so they are
+    failed instead of flushed.
+    """
+    if not graceful:
+        accumulator = getattr(producer, "_message_accumulator", None)
+        if accumulator is not None:
+            accumulator.fail_all(KafkaConnectionError("producer discarded"))
+            _consume_internal_failures(producer, accumulator)
+    try:
+        # A discarded producer has nothing worth waiting for; only its background tasks (which
+        # may be retrying against a dead broker) need a moment to notice the cancellation.
+        async with asyncio.timeout(CLEANUP_SECONDS if graceful else DISCARD_SECONDS):
+            await producer.stop()
+    except TimeoutError:
+        log.debug("sink.producer_stop_timeout", graceful=graceful)
+        await producer.client.close()
+
+
+def _consume_internal_failures(producer: AIOKafkaProducer, accumulator: Any) -> None:
+    """Marks the failures aiokafka stored in internal futures nobody awaits (a failed batch's
+    drain waiter, the transaction waiter) as seen, so discarding a producer does not log one
+    "Future exception was never retrieved" traceback per partition. Best effort by design.
+    """
+    batches = [b for queue in getattr(accumulator, "_batches", {}).values() for b in queue]
+    batches += list(getattr(accumulator, "_pending_batches", ()))
+    waiters = [getattr(b, "_drain_waiter", None) for b in batches]
+    txn_manager = getattr(producer, "_txn_manager", None)
+    waiters.append(getattr(txn_manager, "_transaction_waiter", None))
+    for waiter in waiters:
+        if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+            waiter.exception()
