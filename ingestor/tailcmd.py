@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from ingestor.config import KafkaConfig
@@ -88,16 +89,7 @@ async def read_all(
                 await consumer.start()
             except (KafkaError, OSError) as exc:
                 raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
-            topics = sorted(
-                t
-                for t in await consumer.topics()
-                if t.startswith(prefix + ".") and t != state_topic
-            )
-            tps = [
-                TopicPartition(t, p)
-                for t in topics
-                for p in sorted(consumer.partitions_for_topic(t) or ())
-            ]
+            tps = await _partitions(bootstrap, prefix, state_topic)
             if not tps:
                 return 0
             consumer.assign(tps)
@@ -106,10 +98,11 @@ async def read_all(
             pending = {tp for tp in tps if end[tp] > 0}
             while pending:
                 batch = await consumer.getmany(*pending, timeout_ms=500)
-                for records in batch.values():
+                for tp, records in batch.items():
                     for record in records:
-                        on_record(record)
-                        count += 1
+                        if record.offset < end[tp]:  # stop at the end offsets taken at start
+                            on_record(record)
+                            count += 1
                 for tp in list(pending):
                     if await consumer.position(tp) >= end[tp]:
                         pending.discard(tp)
@@ -121,6 +114,26 @@ async def read_all(
     finally:
         await consumer.stop()
     return count
+
+
+async def _partitions(bootstrap: str, prefix: str, state_topic: str) -> list[TopicPartition]:
+    """Every partition of the `<prefix>.*` topics (the admin client sees new topics at once)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        try:
+            await admin.start()
+        except (KafkaError, OSError) as exc:
+            raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        names = [t for t in await admin.list_topics() if t.startswith(prefix + ".")]
+        names = sorted(t for t in names if t != state_topic)
+        described = await admin.describe_topics(names) if names else []
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(d["topic"], p["partition"])
+        for d in sorted(described, key=lambda d: d["topic"])
+        for p in sorted(d["partitions"], key=lambda p: p["partition"])
+    ]
 
 
 def main(

@@ -1,0 +1,118 @@
+"""`ingestor tail` reads <prefix>.* topics read_committed, skipping the state topic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from ingestor import tailcmd
+from ingestor.config import KafkaConfig
+from ingestor.errors import KafkaUnavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def publish(bootstrap: str, prefix: str) -> None:
+    """Two event topics (2 committed + 1 aborted record), a state record, a foreign topic."""
+    state = KafkaConfig(topic_prefix=prefix).state_topic
+    charge, dispute = f"{prefix}.charge.succeeded", f"{prefix}.charge.dispute.closed"
+    other = f"{prefix}x.unrelated"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(t, num_partitions=2, replication_factor=1) for t in (charge, dispute)]
+            + [NewTopic(t, num_partitions=1, replication_factor=1) for t in (state, other)]
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=f"test-tail-{uuid.uuid4()}"
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():
+            headers = [("event_id", b"evt_1"), ("source", b"v1")]
+            await producer.send_and_wait(charge, b'{"id":"evt_1"}', key=b"ch_1", headers=headers)
+            await producer.send_and_wait(charge, b'{"id":"evt_2"}', key=b"ch_2")
+            await producer.send_and_wait(dispute, b'{"id":"evt_3"}', key=b"dp_1")
+            await producer.send_and_wait(state, b"cursor", key=b"v1:platform")
+            await producer.send_and_wait(other, b"x", key=b"x")
+        await producer.begin_transaction()
+        await producer.send_and_wait(charge, b'{"id":"evt_aborted"}', key=b"ch_9")
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+
+
+async def test_read_all_sees_committed_records_of_the_prefix_only(
+    bootstrap: str, topic_prefix: str
+) -> None:
+    """Aborted records, the state topic and other prefixes never show up."""
+    await publish(bootstrap, topic_prefix)
+    seen: list[bytes] = []
+    count = await tailcmd.read_all(
+        bootstrap, topic_prefix, lambda r: seen.append(tailcmd.record_json(r)), max_seconds=30
+    )
+    docs = [orjson.loads(line) for line in seen]
+    assert count == 3
+    assert sorted(d["value"]["id"] for d in docs) == ["evt_1", "evt_2", "evt_3"]
+    assert {d["topic"] for d in docs} == {
+        f"{topic_prefix}.charge.succeeded",
+        f"{topic_prefix}.charge.dispute.closed",
+    }
+    first = next(d for d in docs if d["key"] == "ch_1")
+    assert first["headers"] == {"event_id": "evt_1", "source": "v1"}
+    assert isinstance(first["offset"], int)
+    assert isinstance(first["partition"], int)
+
+
+async def test_empty_prefix_reads_nothing(bootstrap: str, topic_prefix: str) -> None:
+    """A prefix with no topics returns 0 at once."""
+    assert await tailcmd.read_all(bootstrap, topic_prefix, lambda r: None, max_seconds=10) == 0
+
+
+async def test_unreachable_broker_is_a_named_failure(topic_prefix: str) -> None:
+    """No broker: KafkaUnavailable naming the address, within the time limit."""
+    with pytest.raises(KafkaUnavailable, match=r"127\.0\.0\.1:1"):
+        await tailcmd.read_all("127.0.0.1:1", topic_prefix, lambda r: None, max_seconds=10)
+
+
+async def test_cli_tail_summary_prints_a_per_topic_table(bootstrap: str, topic_prefix: str) -> None:
+    """`ingestor tail --summary`: topic, count, sample key per topic and a total; exit 0."""
+    await publish(bootstrap, topic_prefix)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "KAFKA_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ingestor",
+        "tail",
+        "--bootstrap",
+        bootstrap,
+        "--prefix",
+        topic_prefix,
+        "--summary",
+        "--max-seconds",
+        "30",
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    rows = [line.split() for line in out.decode().splitlines()]
+    assert rows[0] == ["topic", "count", "sample_key"]
+    table = {r[0]: r[1:] for r in rows[1:]}
+    assert table[f"{topic_prefix}.charge.dispute.closed"] == ["1", "dp_1"]
+    assert table[f"{topic_prefix}.charge.succeeded"][0] == "2"
+    assert table["total"] == ["3"]
