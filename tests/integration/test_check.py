@@ -21,7 +21,7 @@ GOOD = "sk_test_51CheckGoodKey"
 BAD = "sk_test_51CheckWrongKey"
 
 
-def stub_app(*, account_status: int = 200) -> web.Application:
+def stub_app(*, account_status: int = 200, has_account: bool = True) -> web.Application:
     """The few Stripe endpoints check uses; 401 with Stripe's error body for other keys."""
 
     def authed(request: web.Request) -> bool:
@@ -60,8 +60,9 @@ def stub_app(*, account_status: int = 200) -> web.Application:
         return web.json_response({"data": [], "next_page_url": None, "previous_page_url": None})
 
     app = web.Application()
-    app.router.add_get("/v1/account", account)
-    app.router.add_get("/v1/balance", balance)
+    if has_account:
+        app.router.add_get("/v1/account", account)
+        app.router.add_get("/v1/balance", balance)
     app.router.add_get("/v1/events", v1_events)
     app.router.add_get("/v2/core/events", v2_events)
     return app
@@ -160,6 +161,25 @@ async def test_restricted_key_without_account_access_is_verified_via_balance(
         await runner.cleanup()
     assert results["stripe key"].status == "OK"
     assert "account id not readable" in results["stripe key"].detail
+
+
+async def test_api_without_account_endpoints_verifies_the_key_by_listing_events(
+    bootstrap: str, topic_prefix: str
+) -> None:
+    """A simulator without /v1/account: the key is OK when the event lists accept it."""
+    runner, url = await serve(stub_app(has_account=False))
+    try:
+        good = make_config(url, bootstrap, topic_prefix)
+        ok = by_name(await check.check_stripe(good.stripe, probe_seconds=10))
+        bad = make_config(url, bootstrap, topic_prefix, STRIPE_API_KEY=BAD)
+        rejected = by_name(await check.check_stripe(bad.stripe, probe_seconds=10))
+    finally:
+        await runner.cleanup()
+    assert ok["stripe key"].status == "OK"
+    assert "accepted by the events endpoint" in ok["stripe key"].detail
+    assert ok["stripe v1 events"].status == "OK"
+    assert rejected["stripe key"].status == "FAIL"
+    assert rejected["stripe v1 events"].status == "FAIL"
 
 
 async def test_unreachable_stripe_fails_naming_the_url(bootstrap: str, topic_prefix: str) -> None:
