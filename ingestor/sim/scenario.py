@@ -130,13 +130,20 @@ def from_mapping(data: dict[str, Any], *, name: str = "custom") -> Scenario:
 
 
 def load_scenario(path: str | Path | None) -> Scenario:
-    """Reads a scenario TOML file; None -> the shipped default. A bare name (`demo`) picks the
-    shipped file of that name."""
+    """Reads a scenario TOML file over the shipped default (keys it omits keep default.toml's
+    values); None -> the default itself. A bare name (`demo`) picks the shipped file."""
     if path is None:
         path = DEFAULT_SCENARIO
     p = Path(path)
-    if not p.exists() and (HERE / f"{p.name}.toml").exists():
+    if not p.is_file() and (HERE / f"{p.name}.toml").is_file():
         p = HERE / f"{p.name}.toml"
     with p.open("rb") as fh:
         data = tomllib.load(fh)
+    if p.resolve() != DEFAULT_SCENARIO:
+        # Other scenarios only state what differs from the default.
+        with DEFAULT_SCENARIO.open("rb") as fh:
+            base = tomllib.load(fh)
+        faults = {**base.get("faults", {}), **data.get("faults", {})}
+        data = {**base, **data, "faults": faults}
+        data.pop("name", None)
     return from_mapping(data, name=str(data.pop("name", p.stem)))

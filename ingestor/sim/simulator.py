@@ -53,6 +53,8 @@ class Simulator:
         self._clock = clock
         start_ms = int(scenario.start_time * 1000) if scenario.start_time else None
         self._offset_ms = (start_ms - int(clock() * 1000)) if start_ms else 0
+        # History hangs off the configured start exactly, so a fixed start_time is reproducible.
+        self._history_end_ms = start_ms if start_ms else self.now_ms()
         self.rng = random.Random(seed)
         self.fault_rng = random.Random(seed ^ 0x5EED_FA17)
         self.events = EventStore()
@@ -183,7 +185,7 @@ class Simulator:
 
     def _generate_history(self) -> None:
         s, rng = self.scenario, self.rng
-        now = self.now_ms()
+        now = self._history_end_ms
         span = int(s.history_span_seconds * 1000)
         start = now - span
         # Times carry a burst flag in the low bit so one integer sort orders everything.

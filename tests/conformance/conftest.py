@@ -49,7 +49,8 @@ def running_sim() -> Iterator[RunningSim]:
     yield RunningSim(server.url, server.sim)
     loop = box["loop"]
     stop = box["stop"]
-    assert isinstance(loop, asyncio.AbstractEventLoop) and isinstance(stop, asyncio.Event)
+    assert isinstance(loop, asyncio.AbstractEventLoop)
+    assert isinstance(stop, asyncio.Event)
     loop.call_soon_threadsafe(stop.set)
     thread.join(30)
     assert not thread.is_alive()
