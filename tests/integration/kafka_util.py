@@ -70,6 +70,25 @@ async def read_all(
     return records
 
 
+async def undecided_offsets(bootstrap: str, topics: Iterable[str] | str) -> int:
+    """How many offsets of the topics sit behind an open transaction (high watermark minus last
+    stable offset, summed over partitions); 0 means every transaction is committed or aborted.
+    """
+    partitions = await _partitions(bootstrap, topics)
+    tps = [TopicPartition(t, p) for t in sorted(partitions) for p in partitions[t]]
+    ends: dict[str, dict[TopicPartition, int]] = {}
+    for level in ("read_uncommitted", "read_committed"):
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, isolation_level=level
+        )
+        await consumer.start()
+        try:
+            ends[level] = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+    return sum(ends["read_uncommitted"][tp] - ends["read_committed"][tp] for tp in tps)
+
+
 async def _partitions(bootstrap: str, topics: Iterable[str] | str) -> dict[str, list[int]]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

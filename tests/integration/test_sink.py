@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -19,7 +20,7 @@ from ingestor.errors import ClosedError, Fenced, KafkaUnavailable
 from ingestor.events import Record
 from ingestor.metrics import REGISTRY
 from ingestor.sink import BatchResult, Sink
-from tests.integration.kafka_util import Broker, read_all, second_broker
+from tests.integration.kafka_util import Broker, read_all, second_broker, undecided_offsets
 
 
 @pytest.fixture
@@ -132,6 +133,38 @@ async def test_failed_batch_after_sends_is_aborted_and_invisible_to_read_committ
     )
     assert sum(i.startswith("evt_lost_") for i in ids(everything)) == 4  # written, then aborted
     assert await sink.restore_state() == {b"p": b"3"}
+
+
+async def test_restore_after_a_crash_mid_transaction_aborts_it_without_waiting_for_timeout(
+    config: KafkaConfig,
+) -> None:
+    topic = f"{config.topic_prefix}.charge.updated"
+    async with Sink(config) as sink:
+        assert not sink.healthy  # nothing has talked to Kafka yet
+        await sink.commit_batch(events(topic, "ok", 3), {b"p": b"1"})
+
+    # A process killed mid-batch: records and state acknowledged, no commit, no abort.
+    crashed = AIOKafkaProducer(
+        bootstrap_servers=config.bootstrap_servers,
+        transactional_id=config.effective_transactional_id,
+    )
+    await crashed.start()
+    await crashed.begin_transaction()
+    for r in events(topic, "crashed", 3):
+        await crashed.send_and_wait(r.topic, r.value, key=r.key)
+    await crashed.send_and_wait(config.state_topic, b"2", key=b"p")
+    await crashed.stop()
+    assert await undecided_offsets(config.bootstrap_servers, [topic, config.state_topic]) > 0
+
+    started = time.monotonic()
+    async with Sink(config) as restarted:
+        assert await restarted.restore_state() == {b"p": b"1"}
+    # Far below the 60 s transaction timeout: initialising the producer aborted it.
+    assert time.monotonic() - started < 10
+    assert await undecided_offsets(config.bootstrap_servers, [topic, config.state_topic]) == 0
+    assert sorted(ids(await read_all(config.bootstrap_servers, [topic]))) == sorted(
+        ids(events(topic, "ok", 3))
+    )
 
 
 async def test_second_sink_with_same_transactional_id_fences_the_first(
