@@ -229,6 +229,16 @@ async def get_account(request: web.Request) -> web.Response:
     return _ok(listing.account_object(sim, account))
 
 
+async def get_own_account(request: web.Request) -> web.Response:
+    """`GET /v1/account`: the platform's own account (or the Stripe-Account one)."""
+    sim = request.app[SIM]
+    account = v1_account(request)
+    problem = sim.api_error_for_account(account)
+    if problem:
+        raise problem
+    return _ok(listing.account_object(sim, account or "acct_1SimPlatform000000"))
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/v1/events", list_v1_events)
@@ -237,6 +247,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v2/core/events/{id}", get_v2_event)
     r.add_post("/v1/disputes/{id}/close", close_dispute)
     r.add_post("/v1/files", create_file)
+    r.add_get("/v1/account", get_own_account)
     r.add_get("/v1/accounts", list_accounts)
     r.add_get("/v1/accounts/{id}", get_account)
     for kind in KINDS:

@@ -160,3 +160,11 @@ def test_file_upload_emits_file_created(client: stripe.StripeClient) -> None:
     assert client.v1.files.retrieve(created.id).filename == "evidence.pdf"
     latest = client.v1.events.list({"type": "file.created", "limit": 1}).data[0]
     assert latest.data.object["id"] == created.id
+
+
+def test_own_account_and_connected_accounts_are_listed(client: stripe.StripeClient) -> None:
+    """`GET /v1/account` answers for the key's platform; `GET /v1/accounts` lists the connected
+    accounts whose streams exist."""
+    assert client.v1.accounts.retrieve_current().object == "account"
+    ids = [a.id for a in client.v1.accounts.list().auto_paging_iter()]
+    assert ids == ["acct_1SimConnectAlpha01", "acct_1SimConnectBravo02"]
