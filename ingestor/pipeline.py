@@ -24,7 +24,7 @@ from ingestor.errors import (
 )
 from ingestor.events import Event, Hydration, Record, SourcePartition
 from ingestor.hydrate import Hydrator
-from ingestor.observe import GapAlarm, HealthServer, Readiness, configure_logging
+from ingestor.observe import GapAlarm, HealthServer, Readiness
 from ingestor.pages import fetch_object, v1_pages, v2_pages
 from ingestor.partition import BackfillProgress, PartitionRuntime
 from ingestor.ratelimit import RateBudget
@@ -461,6 +461,7 @@ class Pipeline:
 
         async def fetch(lo: int, hi: int) -> AsyncIterator[list[Routed]]:
             async for events in self._read_window(p, lo, hi, ()):
+                self.readiness.mark_poll_ok()
                 yield await self._prepare(events, "backfill")
 
         async def emit(s: Slice[Routed]) -> None:
@@ -650,9 +651,7 @@ async def serve(
 
 
 def main(loaded: Loaded, *, backfill: bool, since: str | None, once: bool) -> int:
-    """Process entry for `ingestor run`: logging, signals, exit code."""
-    cfg = loaded.config
-    configure_logging(cfg.log.level, cfg.log.format)
+    """Process entry for `ingestor run` (logging is set up by the CLI): signals, exit code."""
 
     async def _main() -> int:
         stop = asyncio.Event()
