@@ -127,6 +127,8 @@ class Sink:
         return self._healthy and not self._closed and not self._fenced
 
     async def __aenter__(self) -> Self:
+        # Connections are made lazily by the first call, so a sink can be entered (and
+        # /readyz can answer "not ready") before the broker is reachable.
         self._check_open()
         return self
 
@@ -139,7 +141,7 @@ class Sink:
         await self.close()
 
     async def close(self) -> None:
-        """Stops the producer (flushing what is acknowledged-pending) and the admin client."""
+        """Stops the producer and the admin client; a commit in progress finishes first."""
         if self._closed:
             return
         self._closed = True
@@ -181,7 +183,11 @@ class Sink:
                         await producer.partitions_for(name)
             except BaseException as exc:
                 self._healthy = False
-                if isinstance(exc, IngestorError | asyncio.CancelledError):
+                # The admin client may be stuck on a dead connection; the next call makes one.
+                admin, self._admin = self._admin, None
+                if admin is not None:
+                    await admin.close()
+                if isinstance(exc, IngestorError) or not isinstance(exc, Exception):
                     raise
                 raise self._convert(exc, "creating topics") from exc
             self._known_topics.update(missing)
@@ -242,7 +248,7 @@ class Sink:
                 state = await self._read_state(state_topic, partitions)
             except BaseException as exc:
                 self._healthy = False
-                if isinstance(exc, IngestorError | asyncio.CancelledError):
+                if isinstance(exc, IngestorError) or not isinstance(exc, Exception):
                     raise
                 raise self._convert(exc, "restoring state") from exc
             self._healthy = True
@@ -317,7 +323,9 @@ class Sink:
             except _Rejected as rejected:
                 culprits = self._culprits(batch, rejected.indexes)
                 for index in culprits:
-                    batch[index] = self._dead_letter(batch[index], _record_size(batch[index]))
+                    size = _record_size(batch[index])
+                    detail = f"{size} bytes refused by the broker ({rejected.cause!r})"[:200]
+                    batch[index] = self._dead_letter(batch[index], size, detail)
                 diverted += len(culprits)
                 log.warning(
                     "sink.batch_retry_after_too_large",
@@ -348,7 +356,7 @@ class Sink:
         for record in records:
             size = _record_size(record)
             if size > limit:
-                batch.append(self._dead_letter(record, size))
+                batch.append(self._dead_letter(record, size, f"{size} bytes > {limit}"))
                 diverted += 1
             else:
                 batch.append(record)
@@ -362,8 +370,7 @@ class Sink:
         alone = [i for i in rejected if _record_size(batch[i]) > self._max_batch_bytes]
         return alone or [max(rejected, key=lambda i: _record_size(batch[i]))]
 
-    def _dead_letter(self, record: Record, size: int) -> Record:
-        limit = self._config.max_message_bytes
+    def _dead_letter(self, record: Record, size: int, detail: str) -> Record:
         headers = tuple((k, v) for k, v in record.headers if not k.startswith("dlq_"))
         event_type = next(
             (v.decode("utf-8", "replace") for k, v in headers if k == "event_type"), None
@@ -383,7 +390,7 @@ class Sink:
             topic=record.topic,
             reason="too_large",
             size=size,
-            limit=limit,
+            detail=detail,
         )
         return Record(
             topic=self._config.dlq_topic,
@@ -392,7 +399,7 @@ class Sink:
             headers=(
                 *headers,
                 ("dlq_reason", b"too_large"),
-                ("dlq_detail", f"{size} bytes > {limit}".encode()),
+                ("dlq_detail", detail.encode()),
             ),
             event_id=record.event_id,
         )
@@ -426,10 +433,10 @@ class Sink:
             self._healthy = False
             # Abort only when the broker is answering: after a timeout it likely is not, and
             # after fencing the transaction is no longer ours to end.
-            answering = not isinstance(exc, TimeoutError | asyncio.CancelledError)
+            answering = isinstance(exc, Exception) and not isinstance(exc, TimeoutError)
             abort = in_transaction and answering and not _caused_by(exc, _FENCED)
             await self._abandon(producer, exc, abort=abort)
-            if isinstance(exc, _Rejected | asyncio.CancelledError):
+            if isinstance(exc, _Rejected) or not isinstance(exc, Exception):
                 raise
             raise self._convert(exc, "committing a batch") from exc
 
@@ -546,7 +553,7 @@ class Sink:
                 await producer.start()
         except BaseException as exc:
             await _stop_producer(producer, graceful=False)
-            if isinstance(exc, asyncio.CancelledError):
+            if not isinstance(exc, Exception):
                 raise
             raise self._convert(exc, "starting the producer") from exc
         self._producer = producer

@@ -7,7 +7,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -226,11 +226,14 @@ async def test_oversized_record_goes_to_dlq_with_reason_and_rest_of_batch_commit
     }
 
 
+@pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
 async def test_record_the_broker_rejects_as_too_large_is_diverted_and_batch_retried(
-    config: KafkaConfig,
+    config: KafkaConfig, delivery: Literal["exactly_once", "at_least_once"]
 ) -> None:
     # The pre-check allows 100 KB, but this topic (made by someone else) accepts only 4 KB.
-    config = dataclasses.replace(config, max_message_bytes=100_000, compression="none")
+    config = dataclasses.replace(
+        config, max_message_bytes=100_000, compression="none", delivery=delivery
+    )
     topic = f"{config.topic_prefix}.tight"
     admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers)
     await admin.start()
@@ -250,10 +253,17 @@ async def test_record_the_broker_rejects_as_too_large_is_diverted_and_batch_retr
         assert await sink.restore_state() == {b"p": b"1"}
     assert dlq_count() == before + 1
 
+    # Every small record exactly once, in order (at_least_once resends only refused records).
     assert ids(await read_all(config.bootstrap_servers, [topic])) == ids(small)
     (dead,) = await read_all(config.bootstrap_servers, [config.dlq_topic])
     assert dict(dead.headers)["dlq_reason"] == b"too_large"
-    assert orjson.loads(dead.value)["event_id"] == "evt_big_0"
+    assert dict(dead.headers)["dlq_detail"].startswith(b"8173 bytes refused by the broker")
+    assert orjson.loads(dead.value) == {
+        "event_id": "evt_big_0",
+        "event_type": "charge.updated",
+        "reason": "too_large",
+        "size": 8173,
+    }
 
 
 async def test_topics_get_configured_partitions_and_state_topic_is_compacted(
