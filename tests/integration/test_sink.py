@@ -350,7 +350,7 @@ async def test_close_twice_is_safe_and_use_after_close_raises_closed_error(
             pass
 
 
-def test_repr_and_logs_never_show_the_sasl_password() -> None:
+def test_repr_never_shows_the_sasl_password() -> None:
     config = KafkaConfig(
         security_protocol="SASL_PLAINTEXT",
         sasl_mechanism="PLAIN",
