@@ -196,9 +196,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         configure_logging(loaded.config.log.level, loaded.config.log.format)
         # Lazy: the pipeline pulls in everything else, and only `run` needs it.
-        from ingestor import pipeline
-
-        return pipeline.main(loaded, backfill=args.backfill, since=args.since, once=args.once)
+        pipeline_main = cast(Callable[..., int], importlib.import_module("ingestor.pipeline").main)
+        return pipeline_main(loaded, backfill=args.backfill, since=args.since, once=args.once)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse prevents this
 
 
