@@ -49,7 +49,8 @@ async def add_events(request: web.Request) -> web.Response:
 
 async def set_config(request: web.Request) -> web.Response:
     """`{faults?: {...}, rate_limit?, latency_ms?: [min, max], late_share?,
-    lag_seconds?: [min, max], live_rate?, advance_clock_seconds?}`; returns the new settings."""
+    lag_seconds?: [min, max], live_rate?, fault_paths?: [prefix, ...], advance_clock_seconds?}`;
+    returns the new settings. `fault_paths` limits faults to API paths with those prefixes."""
     body = await _body(request)
     sim = request.app[SIM]
     try:
@@ -62,6 +63,7 @@ async def set_config(request: web.Request) -> web.Response:
             late_share=body.pop("late_share", None),
             lag_seconds=body.pop("lag_seconds", None),
             live_rate=body.pop("live_rate", None),
+            fault_paths=body.pop("fault_paths", None),
         )
         if body:
             raise ValueError(f"unknown keys {sorted(body)}")
@@ -77,6 +79,7 @@ def settings(request: web.Request) -> dict[str, Any]:
     f = sim.faults
     return {
         "faults": {k: getattr(f, k) for k in f.__dataclass_fields__},
+        "fault_paths": list(sim.fault_paths),
         "rate_limit": sim.rate_limit,
         "latency_ms": list(sim.latency_ms),
         "late_share": sim.late_share,

@@ -104,7 +104,8 @@ async def stripe_edge(request: web.Request, handler: Handler) -> web.StreamRespo
         lo, hi = sim.latency_ms
         if hi > 0:
             await asyncio.sleep(sim.fault_rng.uniform(lo, hi) / 1000.0)
-        fault = choose_fault(sim.faults, sim.fault_rng)
+        if sim.faults_apply(request.path):
+            fault = choose_fault(sim.faults, sim.fault_rng)
         if fault == "error_500":
             raise ApiError(
                 500,

@@ -7,7 +7,7 @@ import random
 import re
 import time
 from bisect import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
 from typing import Any
 
@@ -77,6 +77,8 @@ class Simulator:
         }
         # Runtime knobs (POST /_sim/config changes them).
         self.faults: Faults = scenario.faults
+        # API path prefixes the injected faults apply to; empty = every API path.
+        self.fault_paths: tuple[str, ...] = ()
         self.rate_limit = scenario.rate_limit
         self.latency_ms = (scenario.latency_min_ms, scenario.latency_max_ms)
         self.late_share = scenario.late_share
@@ -304,16 +306,22 @@ class Simulator:
         late_share: float | None = None,
         lag_seconds: tuple[float, float] | None = None,
         live_rate: float | None = None,
+        fault_paths: Sequence[str] | None = None,
         **probabilities: float,
     ) -> None:
         """Changes faults (a whole Faults, or single probabilities by name), the rate limit,
-        latency, lateness or live rate at runtime."""
+        latency, lateness or live rate at runtime. `fault_paths` limits the faults to API paths
+        starting with one of the given prefixes (e.g. `/v1/customers/`); empty = every path."""
         new = faults or self.faults
         if probabilities:
             new = dataclasses.replace(new, **probabilities)
         if new.total() > 1.0:
             raise ValueError("fault probabilities add up to more than 1")
         self.faults = new
+        if fault_paths is not None:
+            if isinstance(fault_paths, str) or not all(isinstance(p, str) for p in fault_paths):
+                raise ValueError("fault_paths must be a list of path prefixes")
+            self.fault_paths = tuple(fault_paths)
         if rate_limit is not None:
             self.rate_limit = float(rate_limit)
         if latency_ms is not None:
@@ -327,6 +335,10 @@ class Simulator:
             self.lag_seconds = (float(lag_seconds[0]), float(lag_seconds[1]))
         if live_rate is not None:
             self.set_live_rate(float(live_rate))
+
+    def faults_apply(self, path: str) -> bool:
+        """Whether injected faults may hit a request for `path` (see `fault_paths`)."""
+        return not self.fault_paths or path.startswith(self.fault_paths)
 
     def truth(self) -> list[dict[str, Any]]:
         """Every event made visible so far: {id, api, type, object_id, account, created, ...}."""
