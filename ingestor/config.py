@@ -131,7 +131,7 @@ class HydrateConfig:
 @dataclass(frozen=True, slots=True)
 class BackfillConfig:
     since: str = "30d"
-    slice_seconds: int = 21600
+    slice_seconds: int = 86400
     concurrency: int = 12
     max_buffered_events: int = 100_000
     tail_during_backfill: bool = False

@@ -285,11 +285,13 @@ class Pipeline:
         since_ms = parse_since(self.since or self.cfg.backfill.since, now)
         edge = now - RETENTION_MS + RETENTION_MARGIN_MS
         if since_ms < edge:
-            log.warning(
-                "backfill start clamped to Stripe's 30-day retention",
-                requested=since_ms,
-                clamped_to=edge,
-            )
+            # Asking for exactly 30 days (the default) only loses the safety margin: no warning.
+            if since_ms < now - RETENTION_MS:
+                log.warning(
+                    "backfill start clamped to Stripe's 30-day retention",
+                    requested=since_ms,
+                    clamped_to=edge,
+                )
             since_ms = edge
         since_ms -= since_ms % g
         bf = rt.backfill
