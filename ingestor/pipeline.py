@@ -183,8 +183,10 @@ class Pipeline:
             # they queued carries its own state snapshot, and what was not queued is re-read.
             intake.cancel()
             stopper.cancel()
+            # A stop signal drains within the grace period; a finished --once run drains fully.
+            grace = self.cfg.alarms.shutdown_grace_seconds if stop.is_set() else None
             try:
-                async with asyncio.timeout(self.cfg.alarms.shutdown_grace_seconds):
+                async with asyncio.timeout(grace):
                     await self.queue.join()
             except TimeoutError:
                 log.error("shutdown deadline passed with batches uncommitted; they will be re-read")
