@@ -219,10 +219,11 @@ class Pipeline:
             for b in batches:
                 for item in b.items:
                     events += 1
-                    metrics.EVENTS_PUBLISHED.labels(source=item.api, type=item.type).inc()
                     metrics.EVENT_LAG.observe(max(0.0, (now - item.created_ms) / 1000))
                     if item.dlq:
                         metrics.DLQ_EVENTS.labels(reason="hydration_failed").inc()
+                    else:
+                        metrics.EVENTS_PUBLISHED.labels(source=item.api, type=item.type).inc()
                 if b.mode == "backfill":
                     metrics.BACKFILL_EVENTS.inc(len(b.items))
             metrics.BATCH_EVENTS.observe(events)
@@ -232,7 +233,8 @@ class Pipeline:
                     metrics.WATERMARK_AGE.labels(partition=p.key).set(
                         (now - rt.watermark_ms) / 1000
                     )
-            log.info(
+            # A batch of only state (a backfill slice with no events) is routine: debug level.
+            (log.info if events else log.debug)(
                 "batch committed",
                 events=events,
                 records=len(records),
