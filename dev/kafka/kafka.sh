@@ -27,7 +27,7 @@ resolve() {
   if [[ ! -f "$lib/.complete" ]]; then
     echo "kafka: resolving broker jars with Maven (dev/kafka/pom.xml)"
     rm -rf "$lib"
-    mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+    mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:copy-dependencies \
       -DoutputDirectory="$lib" -DincludeScope=runtime
     touch "$lib/.complete"
   fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 import uuid
@@ -43,6 +44,8 @@ async def main() -> int:
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--timeout", type=float, default=90.0)
     args = parser.parse_args()
+    # Refused connections are expected while the broker boots; the timeout message says enough.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     deadline = time.monotonic() + args.timeout
     last: BaseException | None = None
     while time.monotonic() < deadline:
