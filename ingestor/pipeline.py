@@ -279,7 +279,7 @@ class Pipeline:
                 return
             await self._run_backfill(rt)
         if self.once:
-            await tail.catch_up()
+            await _retrying(tail.catch_up, "catch-up")
         else:
             await tail.run()
 
@@ -507,13 +507,20 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 async def _retrying(fn: Callable[[], Any], what: str) -> None:
-    """Re-runs `fn` after retriable failures with capped exponential backoff."""
+    """Re-runs `fn` after retriable failures with capped exponential backoff.
+
+    `fn` may run a task group (the backfiller does), so the error can arrive wrapped in an
+    exception group: it is unwrapped to decide, and re-raised as it came when not retriable.
+    """
     failures = 0
     while True:
         try:
             await fn()
             return
-        except IngestorError as exc:
+        except (IngestorError, BaseExceptionGroup) as raised:
+            exc = _unwrap(raised)
+            if not isinstance(exc, IngestorError):
+                raise
             metrics.ERRORS.labels(kind=type(exc).__name__).inc()
             if not exc.retriable:
                 raise
