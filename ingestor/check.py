@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from ingestor.errors import (
     StripeNotFound,
 )
 from ingestor.observe import mask_secrets
+from ingestor.sink import kafka_client_kwargs
 from ingestor.stripe_api import StripeClient
 
 Status = Literal["OK", "FAIL", "SKIP"]
@@ -150,22 +150,6 @@ def _skipped(cfg: StripeConfig, why: str) -> list[CheckResult]:
 
 
 # --- Kafka ------------------------------------------------------------------------------------
-
-
-def kafka_client_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
-    """Connection settings shared by aiokafka producers, consumers and admin clients."""
-    kw: dict[str, Any] = {
-        "bootstrap_servers": cfg.bootstrap_servers,
-        "security_protocol": cfg.security_protocol,
-        "request_timeout_ms": int(cfg.request_timeout * 1000),
-    }
-    if cfg.security_protocol.startswith("SASL"):
-        kw["sasl_mechanism"] = cfg.sasl_mechanism
-        kw["sasl_plain_username"] = cfg.sasl_username
-        kw["sasl_plain_password"] = cfg.sasl_password.reveal()
-    if cfg.security_protocol in ("SSL", "SASL_SSL"):
-        kw["ssl_context"] = ssl.create_default_context(cafile=cfg.ssl_cafile or None)
-    return kw
 
 
 async def check_kafka(cfg: KafkaConfig, probe_seconds: float) -> list[CheckResult]:

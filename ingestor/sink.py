@@ -503,19 +503,7 @@ class Sink:
         return min(MAX_BATCH_BYTES, self._config.max_message_bytes)
 
     def _client_kwargs(self) -> dict[str, Any]:
-        c = self._config
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": c.bootstrap_servers,
-            "request_timeout_ms": int(c.request_timeout * 1000),
-            "security_protocol": c.security_protocol,
-        }
-        if self._ssl_context is not None:
-            kwargs["ssl_context"] = self._ssl_context
-        if c.security_protocol.startswith("SASL"):
-            kwargs["sasl_mechanism"] = c.sasl_mechanism
-            kwargs["sasl_plain_username"] = c.sasl_username
-            kwargs["sasl_plain_password"] = c.sasl_password.reveal()
-        return kwargs
+        return kafka_client_kwargs(self._config, ssl_context=self._ssl_context)
 
     async def _admin_ready(self) -> AIOKafkaAdminClient:
         if self._admin is None:
@@ -607,6 +595,25 @@ def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bo
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+def kafka_client_kwargs(
+    config: KafkaConfig, *, ssl_context: ssl.SSLContext | None = None
+) -> dict[str, Any]:
+    """Connection settings shared by every aiokafka client (producer, consumer, admin)."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": config.bootstrap_servers,
+        "request_timeout_ms": int(config.request_timeout * 1000),
+        "security_protocol": config.security_protocol,
+    }
+    context = ssl_context if ssl_context is not None else _ssl_context(config)
+    if context is not None:
+        kwargs["ssl_context"] = context
+    if config.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = config.sasl_mechanism
+        kwargs["sasl_plain_username"] = config.sasl_username
+        kwargs["sasl_plain_password"] = config.sasl_password.reveal()
+    return kwargs
 
 
 def _ssl_context(config: KafkaConfig) -> ssl.SSLContext | None:
