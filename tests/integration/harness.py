@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from ingestor import config
+from ingestor.metrics import REGISTRY
 from ingestor.route import Router
 from tests.integration.kafka_util import read_all
 
@@ -102,3 +103,18 @@ def check_exactly_once(
         else:
             assert value["event"]["id"] == t["id"]
     return by_id
+
+
+def metric(name: str, **labels: str) -> float:
+    """The current value of a sample in the service's registry (0 when never set)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def until(condition: Callable[[], bool], *, within: float, every: float = 0.2) -> None:
+    """Polls `condition` until it holds; AssertionError after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition still false after {within:g}s")
+        await asyncio.sleep(every)
