@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from ingestor import state
 from ingestor.dedupe import SeenWindow
@@ -14,7 +15,17 @@ from ingestor.state import BackfillProgress, Entry, Head
 # the event rate, and the seen set is bounded by rate x window, never by history.
 BUCKET_MS = 10_000
 
-__all__ = ["BUCKET_MS", "BackfillProgress", "PartitionRuntime"]
+__all__ = ["BUCKET_MS", "BackfillProgress", "PartitionRuntime", "Seen"]
+
+
+class Seen(Protocol):
+    """What the seen window needs of an event (an Event, or one already routed)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_ms(self) -> int: ...
 
 
 class PartitionRuntime:
@@ -64,7 +75,7 @@ class PartitionRuntime:
     def filter_new(self, events: Iterable[Event]) -> tuple[list[Event], int]:
         return self.seen.filter_new(events)
 
-    def mark(self, events: Iterable[Event]) -> None:
+    def mark(self, events: Iterable[Seen]) -> None:
         for event in events:
             if not self.seen.seen(event.id):
                 self._remember(event.id, event.created_ms)

@@ -7,14 +7,14 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
 
 from ingestor import metrics
-from ingestor.backfill import Backfiller, Slice, SlicePlan
+from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan
 from ingestor.config import Config, Loaded
 from ingestor.errors import (
     CursorExpired,
@@ -26,7 +26,7 @@ from ingestor.events import Event, Hydration, Record, SourcePartition
 from ingestor.hydrate import Hydrator
 from ingestor.observe import GapAlarm, HealthServer, Readiness
 from ingestor.pages import fetch_object, v1_pages, v2_pages
-from ingestor.partition import BackfillProgress, PartitionRuntime
+from ingestor.partition import BackfillProgress, PartitionRuntime, Seen
 from ingestor.ratelimit import RateBudget
 from ingestor.route import Router
 from ingestor.sink import Sink
@@ -40,6 +40,9 @@ IngestMode = Literal["tail", "backfill"]
 RETENTION_MS = 30 * 86400 * 1000
 # Keep clear of the exact 30-day edge: a request built at the edge can age out in flight.
 RETENTION_MARGIN_MS = 5 * 60 * 1000
+# A tail more than this far behind catches up in parallel slices instead of one long poll.
+CATCH_UP_MIN_GAP_MS = 120_000
+CATCH_UP_SETTLE_MS = 60_000
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_DATA_LOST = 3
@@ -53,7 +56,7 @@ def now_ms() -> int:
 class Routed:
     """An event turned into its Kafka records, keeping what metrics and ordering need."""
 
-    event_id: str
+    id: str
     type: str
     api: str
     created_ms: int
@@ -278,10 +281,38 @@ class Pipeline:
                     tg.create_task(tail.run())
                 return
             await self._run_backfill(rt)
+        await self._catch_up(rt)
         if self.once:
             await _retrying(tail.catch_up, "catch-up")
         else:
             await tail.run()
+
+    async def _catch_up(self, rt: PartitionRuntime) -> None:
+        """Reads a long gap behind the watermark (after downtime) in parallel ordered slices.
+
+        A poll walks its window with one sequential cursor and holds it in memory; after hours
+        of downtime that is slow and unbounded. The backfill machinery reads the gap instead,
+        concurrently, oldest first and with bounded buffering, deduped against the seen window.
+        The last minute is left to the ordinary poll, where late events are still arriving.
+        """
+        assert rt.tail_start_ms is not None
+        assert rt.watermark_ms is not None
+        g = self._granularity(rt.partition)
+        overlap = int(self.cfg.tail.overlap_seconds * 1000)
+        lo = max(rt.tail_start_ms, rt.watermark_ms - overlap)
+        hi = now_ms() - CATCH_UP_SETTLE_MS
+        hi -= hi % g
+        if hi - lo < CATCH_UP_MIN_GAP_MS:
+            return
+        log.info("catching up on a gap behind the watermark", gap_s=round((hi - lo) / 1000))
+
+        async def emit(s: Slice[Routed]) -> None:
+            items = list(s.events or [])
+            newest = max((i.created_ms for i in items), default=None)
+            await self._enqueue(rt, items, "tail", items, newest)
+
+        stats = await self._read_sliced(rt, lo, hi, "tail", emit)
+        log.info("caught up", events=stats.events, pages=stats.pages, splits=stats.splits)
 
     def _plan_backfill(self, rt: PartitionRuntime, now: int) -> None:
         g = self._granularity(rt.partition)
@@ -429,7 +460,7 @@ class Pipeline:
         rt: PartitionRuntime,
         items: list[Routed],
         mode: IngestMode,
-        events: Sequence[Event] = (),
+        events: Sequence[Seen] = (),
         newest: int | None = None,
         backfill_cursor: int | None = None,
     ) -> None:
@@ -453,28 +484,33 @@ class Pipeline:
 
     # --- backfill ---------------------------------------------------------------------------
 
-    async def _run_backfill(self, rt: PartitionRuntime) -> None:
-        bf = rt.backfill
-        assert bf is not None
+    async def _read_sliced(
+        self,
+        rt: PartitionRuntime,
+        lo: int,
+        hi: int,
+        mode: IngestMode,
+        emit: Callable[[Slice[Routed]], Awaitable[None]],
+        *,
+        report: bool = False,
+    ) -> BackfillStats:
+        """Reads [lo, hi) in concurrent slices and hands them to `emit` oldest first."""
         p = rt.partition
-        g = self._granularity(p)
         plan = SlicePlan[Routed].build(
-            bf.cursor_ms, bf.end_ms, self.cfg.backfill.slice_seconds * 1000, g
+            lo, hi, self.cfg.backfill.slice_seconds * 1000, self._granularity(p)
         )
-        metrics.BACKFILL_SLICES.labels(state="total").set(len(plan.slices))
-        total_ms = max(1, bf.end_ms - bf.start_ms)
-        log.info("backfill starting", start=bf.cursor_ms, end=bf.end_ms, slices=len(plan.slices))
+        if report:
+            metrics.BACKFILL_SLICES.labels(state="total").set(len(plan.slices))
 
         async def fetch(lo: int, hi: int) -> AsyncIterator[list[Routed]]:
             async for events in self._read_window(p, lo, hi, ()):
                 self.readiness.mark_poll_ok()
-                yield await self._prepare(events, "backfill")
-
-        async def emit(s: Slice[Routed]) -> None:
-            items: list[Routed] = list(s.events or [])
-            await self._enqueue(rt, items, "backfill", backfill_cursor=s.hi_ms)
-            metrics.BACKFILL_SLICES.labels(state="done").inc()
-            metrics.BACKFILL_PROGRESS.set((s.hi_ms - bf.start_ms) / total_ms)
+                if mode == "tail":
+                    # Slices are disjoint, so the seen window alone keeps this duplicate-free.
+                    events, dups = rt.filter_new(events)
+                    if dups:
+                        metrics.DUPLICATES_SKIPPED.labels(source=p.api).inc(dups)
+                yield await self._prepare(events, mode)
 
         backfiller = Backfiller(
             plan,
@@ -483,12 +519,29 @@ class Pipeline:
             concurrency=self.cfg.backfill.concurrency,
             max_buffered_events=self.cfg.backfill.max_buffered_events,
         )
+        if not report:
+            await _retrying(backfiller.run, mode)
+            return backfiller.stats
         reporter = _ProgressReporter(backfiller, p.key)
         async with asyncio.TaskGroup() as tg:
             progress = tg.create_task(reporter.run())
-            await _retrying(backfiller.run, "backfill")
+            await _retrying(backfiller.run, mode)
             progress.cancel()
-        s = backfiller.stats
+        return backfiller.stats
+
+    async def _run_backfill(self, rt: PartitionRuntime) -> None:
+        bf = rt.backfill
+        assert bf is not None
+        total_ms = max(1, bf.end_ms - bf.start_ms)
+        log.info("backfill starting", start=bf.cursor_ms, end=bf.end_ms)
+
+        async def emit(s: Slice[Routed]) -> None:
+            items: list[Routed] = list(s.events or [])
+            await self._enqueue(rt, items, "backfill", backfill_cursor=s.hi_ms)
+            metrics.BACKFILL_SLICES.labels(state="done").inc()
+            metrics.BACKFILL_PROGRESS.set((s.hi_ms - bf.start_ms) / total_ms)
+
+        s = await self._read_sliced(rt, bf.cursor_ms, bf.end_ms, "backfill", emit, report=True)
         log.info(
             "backfill complete",
             events=s.events,

@@ -134,9 +134,12 @@ def test_compose_services_wire_kafka_sim_and_ingestor() -> None:
     assert "healthcheck" in kafka
     assert any(v.split(":")[0] in doc["volumes"] for v in kafka["volumes"])
     sim = services["stripe-sim"]
-    assert sim["command"] == ["sim", "--host", "0.0.0.0", "--port", "12111"]
+    assert sim["command"][:5] == ["sim", "--host", "0.0.0.0", "--port", "12111"]
+    assert sim["environment"]["INGESTOR_STRIPE_DATA"] == "/data/stripe"
+    assert any(str(v).endswith(":/data/stripe:ro") for v in sim["volumes"])
     assert "healthcheck" in sim
     ing = services["ingestor"]
+    assert ing["command"][0] == "run"
     ienv = ing["environment"]
     assert ienv["STRIPE_API_BASE"] == "http://stripe-sim:12111"
     assert ienv["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
