@@ -62,6 +62,7 @@ def record_bytes(records: list[Any]) -> bytes:
     )
 
 
+@pytest.mark.slow
 async def test_backfill_once_under_a_fault_mix_and_429s_publishes_every_event_exactly_once(
     bootstrap: str, topic_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -121,6 +122,7 @@ async def test_backfill_once_under_a_fault_mix_and_429s_publishes_every_event_ex
     assert_key_absent(logs, caplog, record_bytes(records))
 
 
+@pytest.mark.slow
 async def test_live_tail_under_a_fault_mix_and_429s_publishes_every_event_exactly_once(
     bootstrap: str, topic_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
