@@ -27,6 +27,7 @@ from ingestor.hydrate import Hydrator
 from ingestor.observe import GapAlarm, HealthServer, Readiness
 from ingestor.pages import fetch_object, v1_pages, v2_pages
 from ingestor.partition import BackfillProgress, PartitionRuntime, Seen
+from ingestor.progress import ProgressReporter
 from ingestor.ratelimit import RateBudget
 from ingestor.route import Router
 from ingestor.sink import Sink
@@ -499,8 +500,6 @@ class Pipeline:
         plan = SlicePlan[Routed].build(
             lo, hi, self.cfg.backfill.slice_seconds * 1000, self._granularity(p)
         )
-        if report:
-            metrics.BACKFILL_SLICES.labels(state="total").set(len(plan.slices))
 
         async def fetch(lo: int, hi: int) -> AsyncIterator[list[Routed]]:
             async for events in self._read_window(p, lo, hi, ()):
@@ -522,7 +521,8 @@ class Pipeline:
         if not report:
             await _retrying(backfiller.run, mode)
             return backfiller.stats
-        reporter = _ProgressReporter(backfiller, p.key)
+        start = rt.backfill.start_ms if rt.backfill is not None else lo
+        reporter = ProgressReporter(backfiller, p.key, start_ms=start, end_ms=hi)
         async with asyncio.TaskGroup() as tg:
             progress = tg.create_task(reporter.run())
             await _retrying(backfiller.run, mode)
@@ -532,14 +532,11 @@ class Pipeline:
     async def _run_backfill(self, rt: PartitionRuntime) -> None:
         bf = rt.backfill
         assert bf is not None
-        total_ms = max(1, bf.end_ms - bf.start_ms)
         log.info("backfill starting", start=bf.cursor_ms, end=bf.end_ms)
 
         async def emit(s: Slice[Routed]) -> None:
             items: list[Routed] = list(s.events or [])
             await self._enqueue(rt, items, "backfill", backfill_cursor=s.hi_ms)
-            metrics.BACKFILL_SLICES.labels(state="done").inc()
-            metrics.BACKFILL_PROGRESS.set((s.hi_ms - bf.start_ms) / total_ms)
 
         s = await self._read_sliced(rt, bf.cursor_ms, bf.end_ms, "backfill", emit, report=True)
         log.info(
@@ -581,28 +578,6 @@ async def _retrying(fn: Callable[[], Any], what: str) -> None:
             log.warning(f"{what} failed; retrying", error=str(exc), retry_in_s=round(delay, 2))
             failures += 1
             await asyncio.sleep(delay)
-
-
-class _ProgressReporter:
-    """Periodic progress lines (and a bar on a TTY) for a running backfill."""
-
-    def __init__(self, backfiller: Backfiller[Any], partition: str, every: float = 5.0) -> None:
-        self._b = backfiller
-        self._partition = partition
-        self._every = every
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self._every)
-            s = self._b.stats
-            elapsed = max(1e-6, time.monotonic() - s.started)
-            log.info(
-                "backfill progress",
-                events=s.events,
-                events_per_s=round(s.events / elapsed, 1),
-                slices_done=s.slices_done,
-                slices_left=len(self._b.plan.slices),
-            )
 
 
 # --- process entry ------------------------------------------------------------------------
