@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`); results are quoted in README.md."""

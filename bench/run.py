@@ -1,0 +1,376 @@
+"""`make bench`: backfill throughput against its floor and ceiling, and a 1M-event backfill's RSS.
+
+Every figure comes from the same run on the same machine, with the simulator in its own process
+and the ingestor as a subprocess (`python -m ingestor run --backfill --once`) publishing to the
+real broker, exactly once:
+
+- floor: one sequential cursor (aiohttp paging `/v1/events` with `starting_after`, limit 100,
+  writing nothing) against the same simulator: what a naive loop gets out of the latency.
+- ceiling: the rate limit times the page size (100 req/s x 100 events = 10,000 events/s).
+- ingestor: events committed (counted back with a read_committed consumer, each id exactly
+  once) / wall time from the simulator's first request to the process's exit.
+- memory: peak RSS (VmHWM from /proc) of the ingestor backfilling `backfill_1m.toml`.
+
+The results table goes to stdout and to `bench/results/latest.md` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import multiprocessing
+import os
+import re
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from ingestor.sim.scenario import Scenario, load_scenario
+from ingestor.sim.server import serve as serve_sim
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+RATE_LIMIT = 100.0
+PAGE_SIZE = 100
+CEILING = RATE_LIMIT * PAGE_SIZE
+LATENCY_MS = (50.0, 150.0)
+API_KEY = "sk_test_bench_0123456789"
+LIST_ENDPOINTS = ("GET /v1/events", "GET /v2/core/events")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _run_sim(port: int, scenario: Scenario, seed: int) -> None:
+    asyncio.run(serve_sim("127.0.0.1", port, scenario, seed))
+
+
+@dataclass
+class Sim:
+    """The simulator in a child process (its CPU is not the ingestor's), driven over HTTP."""
+
+    url: str
+    process: BaseProcess
+    session: aiohttp.ClientSession
+
+    async def get(self, path: str) -> Any:
+        async with self.session.get(self.url + path) as r:
+            r.raise_for_status()
+            return await r.json(loads=orjson.loads)
+
+    async def post(self, path: str, body: Mapping[str, Any]) -> Any:
+        async with self.session.post(self.url + path, data=orjson.dumps(body)) as r:
+            r.raise_for_status()
+            return await r.json(loads=orjson.loads)
+
+    async def list_requests(self) -> int:
+        counters: dict[str, dict[str, int]] = await self.get("/_sim/counters")
+        return sum(sum(counters.get(e, {}).values()) for e in LIST_ENDPOINTS)
+
+    async def requests(self) -> int:
+        counters: dict[str, dict[str, int]] = await self.get("/_sim/counters")
+        return sum(sum(per.values()) for per in counters.values())
+
+
+async def start_sim(scenario: Scenario, seed: int, session: aiohttp.ClientSession) -> Sim:
+    port = _free_port()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_run_sim, args=(port, scenario, seed), daemon=True
+    )
+    child.start()
+    sim = Sim(f"http://127.0.0.1:{port}", child, session)
+    deadline = time.monotonic() + 300
+    while True:  # building a large history takes a while; the child gives no other signal
+        try:
+            await sim.get("/_sim/config")
+            return sim
+        except aiohttp.ClientConnectionError:
+            if time.monotonic() > deadline or not child.is_alive():
+                raise
+        await asyncio.sleep(0.25)
+
+
+def stop_sim(sim: Sim) -> None:
+    sim.process.terminate()
+    sim.process.join(15)
+
+
+async def measure_floor(sim: Sim, seconds: float) -> float:
+    """Events/s of one sequential `starting_after` cursor over `/v1/events`, writing nothing."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    events = 0
+    cursor: str | None = None
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        params = {"limit": str(PAGE_SIZE)}
+        if cursor:
+            params["starting_after"] = cursor
+        async with sim.session.get(sim.url + "/v1/events", params=params, headers=headers) as r:
+            if r.status == 429:
+                continue
+            r.raise_for_status()
+            body = await r.json(loads=orjson.loads)
+        events += len(body["data"])
+        cursor = body["data"][-1]["id"] if body["has_more"] else None
+    return events / (time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class IngestorRun:
+    exit_code: int
+    events: int
+    unique: int
+    seconds: float
+    peak_rss_mb: float
+    list_requests: int
+    requests: int
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """VmHWM: the kernel's own peak RSS of the process so far (no sample can miss a spike)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def run_ingestor(
+    sim: Sim, bootstrap: str, prefix: str, log_path: Path, env: Mapping[str, str]
+) -> IngestorRun:
+    """`ingestor run --backfill --once` as a subprocess; timed from the sim's first request."""
+    await sim.post("/_sim/counters/reset", {})
+    full_env = {
+        **os.environ,
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": sim.url,
+        "STRIPE_RATE_LIMIT": str(RATE_LIMIT),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "INGESTOR_TOPIC_PREFIX": prefix,
+        "INGESTOR_HTTP_PORT": "0",
+        "INGESTOR_LOG__FORMAT": "json",
+        **env,
+    }
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ingestor",
+            "run",
+            "--backfill",
+            "--once",
+            env=full_env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        first: float | None = None
+        peak = 0.0
+        wait = asyncio.ensure_future(proc.wait())
+        while not wait.done():
+            if first is None and await sim.requests() > 0:
+                first = time.monotonic()
+            peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
+            await asyncio.wait([wait], timeout=0.05 if first is None else 0.5)
+        ended = time.monotonic()
+    code = wait.result()
+    if code != 0:
+        raise RuntimeError(f"ingestor exited {code}; last log lines:\n" + _log_tail(log_path))
+    assert first is not None
+    events, unique = await count_committed(bootstrap, prefix)
+    return IngestorRun(
+        code,
+        events,
+        unique,
+        ended - first,
+        peak,
+        await sim.list_requests(),
+        await sim.requests(),
+    )
+
+
+async def count_committed(bootstrap: str, prefix: str) -> tuple[int, int]:
+    """(records, distinct event ids) a read_committed consumer sees under the prefix."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [
+            t
+            for t in await admin.list_topics()
+            if t.startswith(prefix + ".") and not t.endswith("._ingestor_state")
+        ]
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    tps = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    records = 0
+    ids: set[bytes] = set()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if end[tp] > 0}
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=500, max_records=10_000)
+            for tp, messages in batches.items():
+                for m in messages:
+                    if m.offset < end[tp]:
+                        records += 1
+                        ids.add(next(v for k, v in m.headers if k == "event_id"))
+            for tp in list(pending):
+                if await consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return records, len(ids)
+
+
+def throughput_scenario(events: int) -> Scenario:
+    return dataclasses.replace(
+        load_scenario("bench"),
+        history_events=events,
+        history_span_seconds=7 * 86400.0,
+        history_bursts=10,
+        burst_size=500,
+        live_rate=0.0,
+        v2_share=0.0,
+        rate_limit=RATE_LIMIT,
+        latency_min_ms=LATENCY_MS[0],
+        latency_max_ms=LATENCY_MS[1],
+    )
+
+
+async def bench(args: argparse.Namespace) -> str:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex[:8]
+    lines: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        scenario = throughput_scenario(args.events)
+        print(f"bench: simulator with {args.events:,} events of history ...", flush=True)
+        sim = await start_sim(scenario, 7, session)
+        try:
+            truth = (await sim.get("/_sim/config"))["events"]
+            print(f"bench: floor (one sequential cursor, {args.floor_seconds:g} s) ...", flush=True)
+            floor = await measure_floor(sim, args.floor_seconds)
+            print("bench: ingestor run --backfill --once ...", flush=True)
+            run = await run_ingestor(
+                sim,
+                args.bootstrap,
+                f"bench{run_id}",
+                RESULTS / "throughput.log",
+                {"INGESTOR_STRIPE__V2": "false"},
+            )
+        finally:
+            stop_sim(sim)
+        if run.events != truth or run.unique != truth:
+            raise RuntimeError(
+                f"not exactly once: {run.events} records, {run.unique} distinct, {truth} in truth"
+            )
+        rss: IngestorRun | None = None
+        if not args.skip_rss:
+            scenario_1m = load_scenario("backfill_1m")
+            print(f"bench: 1M backfill ({scenario_1m.history_events:,} events) ...", flush=True)
+            sim = await start_sim(scenario_1m, 11, session)
+            try:
+                truth_1m = (await sim.get("/_sim/config"))["events"]
+                rss = await run_ingestor(
+                    sim,
+                    args.bootstrap,
+                    f"bench1m{run_id}",
+                    RESULTS / "rss_1m.log",
+                    {"STRIPE_RATE_LIMIT": "1000"},
+                )
+            finally:
+                stop_sim(sim)
+            if rss.events != truth_1m or rss.unique != truth_1m:
+                raise RuntimeError(
+                    f"1M run not exactly once: {rss.events} records, {rss.unique} distinct, "
+                    f"{truth_1m} in truth"
+                )
+
+    lines += [
+        "| figure | events/s | vs. ceiling | vs. floor |",
+        "|---|---:|---:|---:|",
+        f"| floor: one sequential `starting_after` cursor, limit 100 | {floor:,.0f} "
+        f"| {floor / CEILING:.2f} | 1.0x |",
+        f"| ceiling: {RATE_LIMIT:g} req/s x {PAGE_SIZE} events/page | {CEILING:,.0f} | 1.00 "
+        f"| {CEILING / floor:.1f}x |",
+        f"| **ingestor `run --backfill --once`** | **{run.events_per_s:,.0f}** "
+        f"| **{run.events_per_s / CEILING:.2f}** | **{run.events_per_s / floor:.1f}x** |",
+        "",
+        f"Ingestor run: {run.events:,} events committed exactly once in {run.seconds:.1f} s "
+        f"(first request to exit), {run.list_requests:,} list requests "
+        f"({run.events / max(1, run.list_requests):.1f} events/request), "
+        f"{run.requests:,} requests in all, peak RSS {run.peak_rss_mb:.0f} MB.",
+    ]
+    if rss is not None:
+        lines.append(
+            f"1M-event backfill (`backfill_1m.toml`, v1+v2, no latency, budget 1000 req/s): "
+            f"peak RSS **{rss.peak_rss_mb:.0f} MB** (limit 400 MB), {rss.events:,} events "
+            f"exactly once in {rss.seconds:.1f} s ({rss.events_per_s:,.0f} events/s)."
+        )
+    lines += [
+        "",
+        f"Conditions: simulator in its own process, {LATENCY_MS[0]:g}-{LATENCY_MS[1]:g} ms "
+        f"latency per request, {RATE_LIMIT:g} req/s rate limit (429 beyond), "
+        f"{args.events:,} v1 events over 7 days with same-second bursts; ingestor budget "
+        f"{RATE_LIMIT:g} req/s, real Kafka broker on {args.bootstrap}, exactly once; "
+        f"{os.cpu_count()} CPUs shared by simulator, ingestor and broker.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    )
+    parser.add_argument("--events", type=int, default=350_000, help="throughput run history")
+    parser.add_argument("--floor-seconds", type=float, default=10.0)
+    parser.add_argument("--skip-rss", action="store_true", help="skip the 1M-event RSS run")
+    args = parser.parse_args(argv)
+    table = asyncio.run(bench(args))
+    out = RESULTS / "latest.md"
+    out.write_text(table)
+    print()
+    print(table, end="")
+    print(f"(written to {out.relative_to(ROOT)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
