@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 
 from ingestor import config
 from ingestor.metrics import REGISTRY
 from ingestor.route import Router
-from tests.integration.kafka_util import read_all
+from tests.integration.kafka_util import ROOT, free_port, read_all
 
 TEST_KEY = "sk_test_integration_0123456789"
 
@@ -118,3 +122,95 @@ async def until(condition: Callable[[], bool], *, within: float, every: float = 
         if loop.time() > deadline:
             raise AssertionError(f"condition still false after {within:g}s")
         await asyncio.sleep(every)
+
+
+# --- `ingestor run` as a subprocess ---------------------------------------------------------
+
+PYTHON = ROOT / ".venv" / "bin" / "python"
+# Our own settings are the only ones the process sees (none leak in from the test's env).
+_OWN_ENV = ("STRIPE_", "INGESTOR_", "KAFKA_")
+
+
+@dataclass
+class Proc:
+    """A running `ingestor run` with its output captured to files."""
+
+    proc: asyncio.subprocess.Process
+    out: Path
+    err: Path
+    http: str
+
+    async def wait(self, within: float) -> int:
+        return await asyncio.wait_for(self.proc.wait(), within)
+
+    def lines(self) -> list[str]:
+        text = self.out.read_text() + self.err.read_text()
+        return [line for line in text.splitlines() if line.strip()]
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+async def start(
+    sim_url: str, bootstrap: str, prefix: str, tmp: Path, *args: str, **settings: str
+) -> Proc:
+    """`ingestor run *args` against the simulator and broker; `settings` are `section__key`
+    overrides. Output goes to files in `tmp` (pipes could fill up and block the process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_ENV)}
+    port = free_port()
+    env.update(
+        STRIPE_API_KEY=TEST_KEY,
+        STRIPE_API_BASE=sim_url,
+        STRIPE_ACCOUNTS="all",
+        STRIPE_RATE_LIMIT="400",
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        INGESTOR_TOPIC_PREFIX=prefix,
+        INGESTOR_HTTP_PORT=str(port),
+        INGESTOR_TAIL__POLL_INTERVAL="0.2",
+        INGESTOR_TAIL__OVERLAP_SECONDS="1",
+        INGESTOR_TAIL__SWEEP_INTERVAL_SECONDS="1",
+        INGESTOR_TAIL__SWEEP_WINDOW_SECONDS="60",
+        INGESTOR_KAFKA__TOPIC_PARTITIONS="3",
+        INGESTOR_ALARMS__SHUTDOWN_GRACE_SECONDS="5",
+    )
+    env.update({f"INGESTOR_{k.upper()}": v for k, v in settings.items()})
+    n = sum(1 for _ in tmp.glob("out-*.log"))  # noqa: ASYNC240 - a tiny local directory
+    out, err = tmp / f"out-{n}.log", tmp / f"err-{n}.log"
+    with out.open("wb") as fo, err.open("wb") as fe:
+        proc = await asyncio.create_subprocess_exec(
+            str(PYTHON), "-m", "ingestor", "run", *args, env=env, cwd=ROOT, stdout=fo, stderr=fe
+        )
+    return Proc(proc, out, err, f"http://127.0.0.1:{port}")
+
+
+async def http_get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+async def wait_ready(p: Proc, within: float = 30.0) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            if p.proc.returncode is not None:
+                raise AssertionError(f"process exited early: {p.lines()[-5:]}")
+            try:
+                status, _ = await http_get(p.http + "/readyz")
+                if status == 200:
+                    return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+
+
+def check_output(p: Proc) -> list[dict[str, Any]]:
+    """Every output line is a JSON object (not a TTY), and none shows the API key."""
+    lines = p.lines()
+    assert lines
+    docs = []
+    for line in lines:
+        assert TEST_KEY not in line
+        doc = orjson.loads(line)
+        assert isinstance(doc, dict), line
+        docs.append(doc)
+    return docs

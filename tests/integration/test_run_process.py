@@ -7,117 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingestor.sim.scenario import load_scenario
 from ingestor.sim.server import SimServer
 from tests.integration.harness import (
-    TEST_KEY,
+    Proc,
     check_exactly_once,
+    check_output,
     headers,
+    http_get,
     published,
+    start,
     wait_published,
+    wait_ready,
 )
-from tests.integration.kafka_util import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = ROOT / ".venv" / "bin" / "python"
-# Our own settings are the only ones the process sees (none leak in from the test's env).
-_OWN_ENV = ("STRIPE_", "INGESTOR_", "KAFKA_")
-
-
-@dataclass
-class Proc:
-    """A running `ingestor run` with its output captured to files."""
-
-    proc: asyncio.subprocess.Process
-    out: Path
-    err: Path
-    http: str
-
-    async def wait(self, within: float) -> int:
-        return await asyncio.wait_for(self.proc.wait(), within)
-
-    def lines(self) -> list[str]:
-        text = self.out.read_text() + self.err.read_text()
-        return [line for line in text.splitlines() if line.strip()]
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-
-async def start(
-    sim_url: str, bootstrap: str, prefix: str, tmp: Path, *args: str, **settings: str
-) -> Proc:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_ENV)}
-    port = free_port()
-    env.update(
-        STRIPE_API_KEY=TEST_KEY,
-        STRIPE_API_BASE=sim_url,
-        STRIPE_ACCOUNTS="all",
-        STRIPE_RATE_LIMIT="400",
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        INGESTOR_TOPIC_PREFIX=prefix,
-        INGESTOR_HTTP_PORT=str(port),
-        INGESTOR_TAIL__POLL_INTERVAL="0.2",
-        INGESTOR_TAIL__OVERLAP_SECONDS="1",
-        INGESTOR_TAIL__SWEEP_INTERVAL_SECONDS="1",
-        INGESTOR_TAIL__SWEEP_WINDOW_SECONDS="60",
-        INGESTOR_KAFKA__TOPIC_PARTITIONS="3",
-        INGESTOR_ALARMS__SHUTDOWN_GRACE_SECONDS="5",
-    )
-    env.update({f"INGESTOR_{k.upper()}": v for k, v in settings.items()})
-    n = sum(1 for _ in tmp.glob("out-*.log"))  # noqa: ASYNC240 - a tiny local directory
-    out, err = tmp / f"out-{n}.log", tmp / f"err-{n}.log"
-    with out.open("wb") as fo, err.open("wb") as fe:
-        proc = await asyncio.create_subprocess_exec(
-            str(PYTHON), "-m", "ingestor", "run", *args, env=env, cwd=ROOT, stdout=fo, stderr=fe
-        )
-    return Proc(proc, out, err, f"http://127.0.0.1:{port}")
-
-
-async def get(url: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
-        return resp.status, await resp.text()
-
-
-async def wait_ready(p: Proc, within: float = 30.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if p.proc.returncode is not None:
-                raise AssertionError(f"process exited early: {p.lines()[-5:]}")
-            try:
-                status, _ = await get(p.http + "/readyz")
-                if status == 200:
-                    return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-
-
-def check_output(p: Proc) -> list[dict[str, Any]]:
-    """Every output line is a JSON object (not a TTY), and none shows the API key."""
-    lines = p.lines()
-    assert lines
-    docs = []
-    for line in lines:
-        assert TEST_KEY not in line
-        doc = orjson.loads(line)
-        assert isinstance(doc, dict), line
-        docs.append(doc)
-    return docs
 
 
 def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -195,7 +105,7 @@ async def test_sigterm_during_a_live_run_exits_0_within_10s_with_everything_comm
     assert by_mode["tail"] >= len(live)
     assert by_mode["backfill"] > 0
 
-    status, text = await get(p.http + "/metrics")
+    status, text = await http_get(p.http + "/metrics")
     assert status == 200
     for name in METRIC_NAMES:
         assert f"# TYPE {name}" in text or f"\n{name}" in text, name
@@ -222,7 +132,7 @@ async def test_sigterm_during_a_live_run_exits_0_within_10s_with_everything_comm
     # Every 2xx the simulator answered was counted by the client (compared in a quiet moment
     # between polls, since both sides keep counting).
     async def requests_match() -> bool:
-        _, text = await get(p.http + "/metrics")
+        _, text = await http_get(p.http + "/metrics")
         client = total(samples(text), "ingestor_api_requests_total", status="200")
         server = sum(per.get("200", 0) for per in s.counters().values())
         return client == server
@@ -272,7 +182,7 @@ async def test_backfill_once_exits_0_and_a_restart_after_it_republishes_nothing(
     await wait_ready(again)
 
     async def polls() -> float:
-        _, text = await get(again.http + "/metrics")
+        _, text = await http_get(again.http + "/metrics")
         return total(samples(text), "ingestor_api_requests_total", endpoint="/v1/events")
 
     # Several full poll and sweep rounds over the already published window.
