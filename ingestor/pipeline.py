@@ -167,7 +167,22 @@ class Pipeline:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Runs until `stop` (or, with --once, until everything available is committed)."""
-        restored = PartitionRuntime.restore(await self.sink.restore_state())
+        # A broker that accepts connections but does not answer holds a restore for up to
+        # kafka.request_timeout; a stop must not wait for that (nothing is in flight yet).
+        restoring = asyncio.create_task(self.sink.restore_state())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([restoring, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not restoring.done():
+                restoring.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await restoring
+        if restoring.cancelled():
+            log.info("stopped while restoring state")
+            return
+        restored = PartitionRuntime.restore(restoring.result())
         self.readiness.mark_kafka(True)
         self.readiness.mark_restored()
         for p in self.partitions:

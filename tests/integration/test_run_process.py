@@ -197,3 +197,31 @@ async def test_backfill_once_exits_0_and_a_restart_after_it_republishes_nothing(
     await asyncio.sleep(1)  # any (wrong) last transaction's markers would land by now
     second = await published(bootstrap, topic_prefix)
     assert len(second) == len(first)
+
+
+async def test_sigterm_while_kafka_does_not_answer_exits_0_within_10s(
+    topic_prefix: str, tmp_path: Path, sim: SimServer, procs: list[Proc]
+) -> None:
+    """A broker address that accepts connections and never answers holds the state restore
+    for up to kafka.request_timeout (30 s); SIGTERM still ends the run with 0 within 10 s."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        p = await start(sim.url, f"127.0.0.1:{port}", topic_prefix, tmp_path)
+        procs.append(p)
+        async with asyncio.timeout(20):
+            while not held:  # noqa: ASYNC110 - waiting for another process to connect
+                await asyncio.sleep(0.1)
+        status, body = await http_get(p.http + "/readyz")
+        assert status == 503
+        assert "kafka" in body
+        p.proc.send_signal(signal.SIGTERM)
+        assert await p.wait(10) == 0
+        for w in held:
+            w.close()
+    check_output(p)
