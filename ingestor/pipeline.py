@@ -162,6 +162,7 @@ class Pipeline:
         self.gap = GapAlarm(config.alarms.gap_threshold_seconds)
         self.runtimes: dict[SourcePartition, PartitionRuntime] = {}
         self._locks: dict[SourcePartition, asyncio.Lock] = {}
+        self.restored = False  # Kafka answered this generation's state restore
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -183,6 +184,7 @@ class Pipeline:
             log.info("stopped while restoring state")
             return
         restored = PartitionRuntime.restore(restoring.result())
+        self.restored = True
         self.readiness.mark_kafka(True)
         self.readiness.mark_restored()
         for p in self.partitions:
@@ -664,6 +666,7 @@ async def serve(
             partitions = await discover_partitions(cfg, client)
             failures = 0
             while not stop.is_set():
+                generation: Pipeline | None = None
                 try:
                     async with Sink(cfg.kafka) as sink:
 
@@ -671,7 +674,7 @@ async def serve(
                             return sink.healthy
 
                         readiness.add_probe("kafka", kafka_ok)
-                        await Pipeline(
+                        generation = Pipeline(
                             cfg,
                             client,
                             sink,
@@ -682,7 +685,8 @@ async def serve(
                             since=since,
                             once=once,
                             outcome=outcome,
-                        ).run(stop)
+                        )
+                        await generation.run(stop)
                     break
                 except (KafkaUnavailable, BaseExceptionGroup) as exc:
                     cause = _unwrap(exc)
@@ -691,6 +695,8 @@ async def serve(
                     # The last transaction's outcome is unknown: rebuild from the state topic
                     # (what Kafka really holds) instead of guessing.
                     readiness.mark_kafka(False)
+                    if generation is not None and generation.restored:
+                        failures = 0  # a new outage, not the same one: start the backoff over
                     failures += 1
                     delay = min(30.0, 0.5 * 2**failures)
                     log.warning(
