@@ -96,6 +96,15 @@ class SlicePlan(Generic[T]):
             ready.append(self.slices.pop(0))
         return ready
 
+    def blocks_emission(self, s: Slice[T]) -> bool:
+        """True if `s` lies before every fetched slice, so nothing can be emitted without it."""
+        for x in self.slices:
+            if x is s:
+                return True
+            if x.done:
+                return False
+        return False
+
     @property
     def finished(self) -> bool:
         return not self.slices
@@ -161,14 +170,17 @@ class Backfiller(Generic[T]):
                 if self.plan.finished:
                     break
                 in_flight = sum(1 for s in self.plan.slices if s.in_flight)
-                head = self.plan.slices[0]
                 while in_flight < self._concurrency:
                     nxt = self.plan.next_pending()
                     if nxt is None:
                         break
-                    # Bounded memory: past the buffer bound only the head slice may start, so
-                    # the oldest data always makes progress and the buffer drains.
-                    if nxt is not head and self.plan.buffered_events() >= self._max_buffered:
+                    # Bounded memory: past the buffer bound only slices older than every
+                    # fetched one may start: the buffer waits on exactly those to drain. (Only
+                    # the head would serialize a split head's parts onto one cursor.)
+                    if (
+                        self.plan.buffered_events() >= self._max_buffered
+                        and not self.plan.blocks_emission(nxt)
+                    ):
                         break
                     nxt.in_flight = True
                     in_flight += 1
