@@ -161,7 +161,15 @@ class Backfiller(Generic[T]):
         self.stats = BackfillStats()
 
     async def run(self) -> None:
-        """Returns when every slice is emitted. Cancelling it drops only unemitted work."""
+        """Returns when every slice is emitted. Cancelling it drops only unemitted work.
+
+        May be called again after it raised (a fetch gave up): unemitted work resumes.
+        """
+        # No fetch of an earlier run() is alive (its task group has exited), but a fetch task
+        # cancelled before it ever started never ran its `finally`: clear the stale flags, or
+        # those slices would count as in flight forever and this run would wait for nothing.
+        for s in self.plan.slices:
+            s.in_flight = False
         async with asyncio.TaskGroup() as tg:
             while not self.plan.finished:
                 for s in self.plan.pop_ready():
