@@ -172,6 +172,10 @@ class Backfiller(Generic[T]):
             s.in_flight = False
         async with asyncio.TaskGroup() as tg:
             while not self.plan.finished:
+                # Cleared before the scan, not just before waiting: a fetch that finishes while
+                # an emit below awaits must still wake the wait (else a lost wakeup hangs the
+                # run once nothing else is in flight).
+                self._changed.clear()
                 for s in self.plan.pop_ready():
                     await self._emit(s)
                     self.stats.slices_done += 1
@@ -193,7 +197,6 @@ class Backfiller(Generic[T]):
                     nxt.in_flight = True
                     in_flight += 1
                     tg.create_task(self._fetch_slice(nxt))
-                self._changed.clear()
                 await self._changed.wait()
 
     async def _fetch_slice(self, s: Slice[T]) -> None:
