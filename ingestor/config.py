@@ -89,7 +89,7 @@ class KafkaConfig:
     shard: int = 0
     transactional_id: str = ""
     max_message_bytes: int = 1_000_000
-    compression: Literal["none", "gzip"] = "gzip"
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     firehose: bool = False
     request_timeout: float = 30.0
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+import msgspec
+import orjson
 
 from ingestor.errors import MalformedResponse
 
@@ -34,6 +38,7 @@ class SourcePartition:
         return self.key
 
 
+@functools.lru_cache(maxsize=8192)
 def ms_to_rfc3339(ms: int) -> str:
     """Unix milliseconds -> RFC 3339 with milliseconds, as Stripe's v2 API writes it."""
     dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
@@ -65,6 +70,14 @@ class Event:
     object_id: str | None
     payload: dict[str, Any]
     related_url: str | None = None
+    # v1 events read from a list page keep Stripe's exact bytes (then `payload` is empty):
+    # published unchanged, and never parsed into dicts only to be serialized again.
+    raw: bytes | None = None
+
+    @property
+    def json(self) -> bytes:
+        """The event as JSON: Stripe's own bytes when kept, else the payload serialized."""
+        return self.raw if self.raw is not None else _dumps(self.payload)
 
     @property
     def partition(self) -> SourcePartition:
@@ -90,6 +103,28 @@ class Event:
             raise MalformedResponse(f"malformed v1 event: {exc!r}"[:200]) from exc
 
     @classmethod
+    def from_v1_raw(cls, raw: bytes, account: str | None = None) -> Event:
+        """A v1 event from its JSON bytes, reading only the fields routing needs."""
+        try:
+            head = _V1_HEAD.decode(raw)
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            raise MalformedResponse(f"malformed v1 event: {exc}"[:200]) from exc
+        if not head.id or not head.type:
+            raise MalformedResponse("malformed v1 event: empty id or type")
+        return cls(
+            id=head.id,
+            type=head.type,
+            api="v1",
+            account=head.account or account,
+            created_ms=head.created * 1000,
+            livemode=head.livemode,
+            api_version=head.api_version,
+            object_id=head.data.obj.id if head.data.obj is not None else None,
+            payload={},
+            raw=raw,
+        )
+
+    @classmethod
     def from_v2(cls, obj: Any, account: str | None = None, api_version: str | None = None) -> Event:
         """A v2 thin event; hydration later fetches `related_url`."""
         try:
@@ -108,6 +143,38 @@ class Event:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedResponse(f"malformed v2 event: {exc!r}"[:200]) from exc
+
+
+class _V1Object(msgspec.Struct):
+    id: str | None = None
+
+
+class _V1Data(msgspec.Struct):
+    obj: _V1Object | None = msgspec.field(default=None, name="object")
+
+
+class _V1Head(msgspec.Struct):
+    """The part of a v1 event routing reads; msgspec skips the rest without building it."""
+
+    id: str
+    type: str
+    created: int
+    data: _V1Data
+    livemode: bool = False
+    api_version: str | None = None
+    account: str | None = None
+
+
+class V1List(msgspec.Struct):
+    """A v1 list page: each event's raw bytes, split without decoding them."""
+
+    data: list[msgspec.Raw]
+    has_more: bool
+
+
+_V1_HEAD = msgspec.json.Decoder(_V1Head)
+V1_LIST = msgspec.json.Decoder(V1List)
+_dumps = orjson.dumps
 
 
 def _str(value: Any) -> str:

@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from ingestor.errors import MalformedResponse
-from ingestor.events import Api, Event, ms_to_rfc3339
+from ingestor.events import V1_LIST, Api, Event, ms_to_rfc3339
 from ingestor.ratelimit import RateBudget
 from ingestor.stripe_api import StripeClient
 
@@ -36,17 +38,19 @@ def _data(body: dict[str, Any]) -> list[Any]:
     return data
 
 
-def _v1_parser(account: str | None) -> Callable[[dict[str, Any]], Page]:
-    def parse(body: dict[str, Any]) -> Page:
-        events = [Event.from_v1(obj, account) for obj in _data(body)]
-        has_more = body.get("has_more")
-        if not isinstance(has_more, bool):
-            raise MalformedResponse("v1 list response without a boolean has_more")
-        if has_more and not events:
+def _v1_parser(account: str | None) -> Callable[[bytes], Page]:
+    def parse(raw: bytes) -> Page:
+        try:
+            body = V1_LIST.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise MalformedResponse(f"malformed v1 list response: {exc}"[:200]) from exc
+        # bytes(): each event keeps only its own bytes, not the whole page alive.
+        events = [Event.from_v1_raw(bytes(item), account) for item in body.data]
+        if body.has_more and not events:
             # Nothing to continue from: following it would loop on the same request forever.
             raise MalformedResponse("v1 list response with has_more but no data")
-        cursor = events[-1].id if has_more else None
-        return Page(events, has_more, None, cursor)
+        cursor = events[-1].id if body.has_more else None
+        return Page(events, body.has_more, None, cursor)
 
     return parse
 
@@ -100,7 +104,7 @@ async def v1_pages(
             account=account,
             api="v1",
             extra_budgets=extra_budgets,
-            parse=parse,
+            parse_raw=parse,
         )
         page = response.body
         yield Page(page.events, page.has_more, response.request_id, page.cursor)

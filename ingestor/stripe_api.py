@@ -228,7 +228,8 @@ class StripeClient:
         method: str,
         path_or_url: str,
         *,
-        parse: Callable[[dict[str, Any]], T],
+        parse: Callable[[dict[str, Any]], T] | None = None,
+        parse_raw: Callable[[bytes], T] | None = None,
         params: Sequence[tuple[str, str]] = (),
         account: str | None = None,
         api: Api = "v1",
@@ -240,7 +241,8 @@ class StripeClient:
 
         `path_or_url`: a path (`/v1/events`), a path with query (a v2 `next_page_url`) or an
         absolute URL under `api_base` (a `related_object.url`); any other origin is refused.
-        `parse` turns the JSON object into T and raises MalformedResponse to get a retry.
+        `parse` turns the JSON object into T and raises MalformedResponse to get a retry;
+        `parse_raw`, when given, gets the body's bytes instead (a faster decoder of its own).
         `extra_budgets` are acquired before the shared budget (a sweep's share cap).
         """
         session = self._open()
@@ -262,11 +264,15 @@ class StripeClient:
                 # Closed while backing off or queued for a token: stop instead of a RuntimeError.
                 raise ClosedError("StripeClient is closed")
             try:
-                status, request_id, body = await self._attempt(
+                status, request_id, raw = await self._attempt(
                     session, method, url, headers, data, endpoint
                 )
                 try:
-                    result = parse(body)
+                    if parse_raw is not None:
+                        result = parse_raw(raw)
+                    else:
+                        assert parse is not None, "request() needs parse or parse_raw"
+                        result = parse(self._decode(raw))
                 except MalformedResponse as exc:
                     raise _Failure(
                         MalformedResponse(exc.message, status=status, request_id=request_id)
@@ -307,7 +313,7 @@ class StripeClient:
         headers: Mapping[str, str],
         data: Mapping[str, str] | None,
         endpoint: str,
-    ) -> tuple[int, str | None, dict[str, Any]]:
+    ) -> tuple[int, str | None, bytes]:
         """One HTTP exchange; every failure comes out as a `_Failure` wrapping a StripeError."""
         status: int | None = None
         request_id: str | None = None
@@ -339,28 +345,22 @@ class StripeClient:
             ) from exc
         API_REQUESTS.labels(endpoint=endpoint, status=str(status)).inc()
         if 200 <= status < 300:
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                head = self._scrub(raw[:40].decode("utf-8", "replace"))
-                raise _Failure(
-                    MalformedResponse(
-                        f"response is not JSON ({len(raw)} bytes, starts {head!r})",
-                        status=status,
-                        request_id=request_id,
-                    )
-                ) from exc
-            if not isinstance(body, dict):
-                raise _Failure(
-                    MalformedResponse(
-                        f"expected a JSON object, got {type(body).__name__}",
-                        status=status,
-                        request_id=request_id,
-                    )
-                )
-            return status, request_id, body
+            return status, request_id, raw
         header = None if should_retry is None else should_retry.strip().lower() == "true"
         raise _Failure(self._error(status, raw, request_id), header, retry_after)
+
+    def _decode(self, raw: bytes) -> dict[str, Any]:
+        """The JSON object a 2xx promises; MalformedResponse (retriable) for anything else."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            head = self._scrub(raw[:40].decode("utf-8", "replace"))
+            raise MalformedResponse(
+                f"response is not JSON ({len(raw)} bytes, starts {head!r})"
+            ) from exc
+        if not isinstance(body, dict):
+            raise MalformedResponse(f"expected a JSON object, got {type(body).__name__}")
+        return body
 
     def _error(self, status: int, raw: bytes, request_id: str | None) -> StripeError:
         """Maps a non-2xx answer to the error family, quoting Stripe's type/code/message."""
