@@ -38,11 +38,19 @@ class SourcePartition:
         return self.key
 
 
-@functools.lru_cache(maxsize=8192)
 def ms_to_rfc3339(ms: int) -> str:
     """Unix milliseconds -> RFC 3339 with milliseconds, as Stripe's v2 API writes it."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    # Called for every event's header: only the date part goes through datetime (cached).
+    seconds, millis = divmod(ms, 1000)
+    day, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{_date(day)}T{hours:02d}:{minutes:02d}:{secs:02d}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _date(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, tz=UTC).strftime("%Y-%m-%d")
 
 
 def rfc3339_to_ms(text: str) -> int:

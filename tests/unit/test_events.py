@@ -88,3 +88,16 @@ def test_caching_partitioner_places_keys_exactly_like_the_java_default() -> None
         key = f"ch_{rng.randrange(300):024d}".encode()
         parts = list(range(rng.choice([1, 3, 6, 12])))
         assert cached(key, parts, parts) == DefaultPartitioner()(key, parts, parts)
+
+
+def test_rfc3339_formatting_is_exact_and_round_trips_to_the_millisecond() -> None:
+    from datetime import UTC, datetime
+
+    from ingestor.events import ms_to_rfc3339, rfc3339_to_ms
+
+    rng = random.Random(11)
+    for ms in [0, 999, 1000, 86_399_999, 1_700_000_000_999, *rng.sample(range(4 * 10**12), 5000)]:
+        text = ms_to_rfc3339(ms)
+        assert rfc3339_to_ms(text) == ms
+        whole = datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert text == f"{whole}.{ms % 1000:03d}Z"
