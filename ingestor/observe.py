@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ingestor.errors import ClosedError
 from ingestor.metrics import CURSOR_GAP_ALARM, READY, REGISTRY
+from ingestor.resource import AsyncResource
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -239,7 +240,7 @@ class Readiness:
 # --- HTTP server ------------------------------------------------------------------------------
 
 
-class HealthServer:
+class HealthServer(AsyncResource):
     """aiohttp server for /healthz, /readyz and /metrics; port 0 picks a free port (`.port`)."""
 
     def __init__(
@@ -295,13 +296,6 @@ class HealthServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> HealthServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -7,8 +7,7 @@ import random
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import orjson
 import structlog
@@ -31,6 +30,7 @@ from ingestor.config import KafkaConfig
 from ingestor.errors import ClosedError, ConfigError, Fenced, IngestorError, KafkaUnavailable
 from ingestor.events import Record
 from ingestor.metrics import DLQ_EVENTS, TRANSACTIONS
+from ingestor.resource import AsyncResource
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +78,7 @@ class _Rejected(Exception):
         self.cause = cause
 
 
-class Sink:
+class Sink(AsyncResource):
     """Writes batches of records and their state records to Kafka, and creates topics.
 
     ``delivery = "exactly_once"``: each ``commit_batch`` is one Kafka transaction holding the
@@ -131,19 +131,10 @@ class Sink:
         """True while the last interaction with Kafka succeeded (for /readyz)."""
         return self._healthy and not self._closed and not self._fenced
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         # Connections are made lazily by the first call, so a sink can be entered (and
         # /readyz can answer "not ready") before the broker is reachable.
         self._check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Stops the producer and the admin client; a commit in progress finishes first."""

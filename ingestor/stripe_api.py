@@ -8,8 +8,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
@@ -34,6 +33,7 @@ from ingestor.errors import (
 )
 from ingestor.metrics import API_REQUESTS, API_RETRIES, ERRORS, RATE_LIMITED
 from ingestor.ratelimit import RateBudget, Sleep
+from ingestor.resource import AsyncResource
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,7 @@ class _Failure(Exception):
         self.retry_after = retry_after
 
 
-class StripeClient:
+class StripeClient(AsyncResource):
     """One aiohttp session to Stripe, shared by every source partition of the process.
 
     `request` is the one door: it builds the URL (never leaving `api_base`'s origin),
@@ -158,17 +158,8 @@ class StripeClient:
     def closed(self) -> bool:
         return self._closed
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self._open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Closes the session; safe to call more than once."""

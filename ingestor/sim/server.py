@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from types import TracebackType
 
 from aiohttp import web
 
+from ingestor.resource import AsyncResource
 from ingestor.sim import api, control
 from ingestor.sim.edge import stripe_edge
 from ingestor.sim.faults import RateLimiter
@@ -26,7 +26,7 @@ def build_app(sim: Simulator) -> web.Application:
     return app
 
 
-class SimServer:
+class SimServer(AsyncResource):
     """The simulator on 127.0.0.1 (port 0 = a free one); `url` is valid inside the context."""
 
     def __init__(
@@ -51,7 +51,7 @@ class SimServer:
             raise RuntimeError("SimServer is not started")
         return self._sim
 
-    async def __aenter__(self) -> SimServer:
+    async def start(self) -> None:
         # Building a large history is CPU work; do it off the loop so other tasks keep running.
         self._sim = await asyncio.to_thread(Simulator, self.scenario, seed=self.seed)
         runner = web.AppRunner(build_app(self._sim), access_log=None, handle_signals=False)
@@ -62,17 +62,8 @@ class SimServer:
         host, port = runner.addresses[0][:2]
         self.port = port
         self.url = f"http://{host}:{port}"
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
