@@ -14,6 +14,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	@# The tests validate compose.yaml with Debian's docker-compose (no Docker engine needed).
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing docker-compose from Debian (to validate compose.yaml)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; } >/dev/null \
+	  || echo "warning: could not install docker-compose; the compose validation test will fail" >&2; }
 	@touch $(STAMP)
 
 kafka-up: install
