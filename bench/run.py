@@ -259,6 +259,132 @@ async def count_committed(bootstrap: str, prefix: str) -> tuple[int, int]:
     return records, len(ids)
 
 
+@dataclass
+class TailRun:
+    rate: float
+    seconds: float
+    events: int
+    drain_seconds: float
+    unique: int
+    records: int
+    lag_p50: float
+    lag_p99: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / (self.seconds + self.drain_seconds)
+
+
+def tail_scenario() -> Scenario:
+    """A quiet account until the run turns on live traffic; late events and bursts included."""
+    return dataclasses.replace(
+        load_scenario("bench"),
+        history_events=100,
+        history_bursts=0,
+        live_rate=0.0,
+        v2_share=0.0,
+        accounts=(),
+        late_share=0.02,
+        lag_min_seconds=1.0,
+        lag_max_seconds=5.0,
+        rate_limit=RATE_LIMIT,
+        latency_min_ms=LATENCY_MS[0],
+        latency_max_ms=LATENCY_MS[1],
+    )
+
+
+def _metric_sum(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _quantile(text: str, name: str, q: float) -> float:
+    """Upper bucket bound holding quantile q of a Prometheus histogram."""
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        m = re.match(rf'{name}_bucket\{{le="([^"]+)"\}} (\S+)', line)
+        if m:
+            buckets.append((float(m.group(1)), float(m.group(2))))
+    count = buckets[-1][1] if buckets else 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= q * count:
+            return bound
+    return float("inf")
+
+
+async def measure_tail(
+    sim: Sim, bootstrap: str, prefix: str, rate: float, seconds: float, log_path: Path
+) -> TailRun:
+    """`ingestor run` (tail only) while the simulator creates `rate` events/s for `seconds`;
+    then live traffic stops and the time to publish everything is measured too."""
+    http_port = _free_port()
+    env = {
+        **os.environ,
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": sim.url,
+        "STRIPE_RATE_LIMIT": str(RATE_LIMIT),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "INGESTOR_TOPIC_PREFIX": prefix,
+        "INGESTOR_HTTP_PORT": str(http_port),
+        "INGESTOR_LOG__FORMAT": "json",
+        "INGESTOR_STRIPE__V2": "false",
+    }
+    metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ingestor",
+            "run",
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    async with sim.session.get(f"http://127.0.0.1:{http_port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline or proc.returncode is not None:
+                    raise RuntimeError("tail run never became ready:\n" + _log_tail(log_path))
+                await asyncio.sleep(0.2)
+            started_ms = int(time.time() * 1000)
+            await sim.post("/_sim/config", {"live_rate": rate})
+            await asyncio.sleep(seconds)
+            await sim.post("/_sim/config", {"live_rate": 0.0})
+            stopped = time.monotonic()
+            await asyncio.sleep(6)  # late events (1-5 s) become visible
+            truth = [
+                e for e in (await sim.get("/_sim/truth"))["events"] if e["created_ms"] >= started_ms
+            ]
+            wanted = len(truth)
+            while True:
+                async with sim.session.get(metrics_url) as r:
+                    text = await r.text()
+                if _metric_sum(text, "ingestor_events_published_total") >= wanted:
+                    break
+                if time.monotonic() - stopped > 300:
+                    raise RuntimeError("tail run did not catch up within 5 minutes")
+                await asyncio.sleep(0.5)
+            drain = max(0.0, time.monotonic() - stopped - 6)
+            p50 = _quantile(text, "ingestor_event_lag_seconds", 0.5)
+            p99 = _quantile(text, "ingestor_event_lag_seconds", 0.99)
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            await proc.wait()
+    records, unique = await count_committed(bootstrap, prefix)
+    return TailRun(rate, seconds, wanted, drain, unique, records, p50, p99)
+
+
 def throughput_scenario(events: int) -> Scenario:
     return dataclasses.replace(
         load_scenario("bench"),
@@ -300,6 +426,24 @@ async def bench(args: argparse.Namespace) -> str:
             raise RuntimeError(
                 f"not exactly once: {run.events} records, {run.unique} distinct, {truth} in truth"
             )
+        print(f"bench: live tail at {args.tail_rate:g} events/s ...", flush=True)
+        sim = await start_sim(tail_scenario(), 5, session)
+        try:
+            tail = await measure_tail(
+                sim,
+                args.bootstrap,
+                f"benchtail{run_id}",
+                args.tail_rate,
+                args.tail_seconds,
+                RESULTS / "tail.log",
+            )
+        finally:
+            stop_sim(sim)
+        if tail.records != tail.events or tail.unique != tail.events:
+            raise RuntimeError(
+                f"tail not exactly once: {tail.records} records, {tail.unique} distinct, "
+                f"{tail.events} in truth"
+            )
         rss: IngestorRun | None = None
         if not args.skip_rss:
             scenario_1m = load_scenario("backfill_1m")
@@ -336,6 +480,13 @@ async def bench(args: argparse.Namespace) -> str:
         f"(first request to exit), {run.list_requests:,} list requests "
         f"({run.events / max(1, run.list_requests):.1f} events/request), "
         f"{run.requests:,} requests in all, peak RSS {run.peak_rss_mb:.0f} MB.",
+        "",
+        f"Live tail (`ingestor run`, no backfill) while the simulator creates "
+        f"{tail.rate:,.0f} events/s for {tail.seconds:g} s (2% visible 1-5 s late): "
+        f"{tail.events:,} events exactly once, all published {tail.drain_seconds:.1f} s after "
+        f"traffic stopped ({tail.events_per_s:,.0f} events/s overall, "
+        f"{tail.events_per_s / floor:.1f}x the floor); event lag at commit p50 <= "
+        f"{tail.lag_p50:g} s, p99 <= {tail.lag_p99:g} s (histogram buckets).",
     ]
     if rss is not None:
         lines.append(
@@ -362,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=350_000, help="throughput run history")
     parser.add_argument("--floor-seconds", type=float, default=10.0)
     parser.add_argument("--skip-rss", action="store_true", help="skip the 1M-event RSS run")
+    parser.add_argument("--tail-rate", type=float, default=3000.0, help="live events/s")
+    parser.add_argument("--tail-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
     table = asyncio.run(bench(args))
     out = RESULTS / "latest.md"

@@ -44,7 +44,8 @@ RETENTION_MS = 30 * 86400 * 1000
 RETENTION_MARGIN_MS = 5 * 60 * 1000
 # A tail more than this far behind catches up in parallel slices instead of one long poll.
 CATCH_UP_MIN_GAP_MS = 120_000
-CATCH_UP_SETTLE_MS = 60_000
+# ...and a busy tail hands the gap that built up during its last poll to the slicer too.
+BUSY_GAP_MIN_MS = 2_000
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_DATA_LOST = 3
@@ -309,30 +310,36 @@ class Pipeline:
                     tg.create_task(tail.run())
                 return
             await self._run_backfill(rt)
-        await self._catch_up(rt)
+        await self._read_gap(rt, CATCH_UP_MIN_GAP_MS)
         if self.once:
-            await _retrying(tail.catch_up, "catch-up")
+            await _retrying(tail.run_once, "catch-up")
         else:
             await tail.run()
 
-    async def _catch_up(self, rt: PartitionRuntime) -> None:
-        """Reads a long gap behind the watermark (after downtime) in parallel ordered slices.
+    async def _read_gap(self, rt: PartitionRuntime, min_gap_ms: int) -> tuple[int, int] | None:
+        """Reads from the watermark (less the overlap) up to the last whole second in parallel
+        ordered slices; returns (new events, pages read), or None when the gap is smaller than
+        `min_gap_ms`.
 
-        A poll walks its window with one sequential cursor and holds it in memory; after hours
-        of downtime that is slow and unbounded. The backfill machinery reads the gap instead,
-        concurrently, oldest first and with bounded buffering, deduped against the seen window.
-        The last minute is left to the ordinary poll, where late events are still arriving.
+        A poll walks its window with one sequential cursor and holds it in memory: after
+        downtime, or while events arrive faster than one cursor reads, that is slow and
+        unbounded. The backfill machinery reads the gap instead: concurrently, oldest first,
+        with bounded buffering, deduped against the seen window. Events that turn up late
+        behind it are caught by the next poll's overlap and by the sweep.
         """
         assert rt.tail_start_ms is not None
         assert rt.watermark_ms is not None
         g = self._granularity(rt.partition)
         overlap = int(self.cfg.tail.overlap_seconds * 1000)
         lo = max(rt.tail_start_ms, rt.watermark_ms - overlap)
-        hi = now_ms() - CATCH_UP_SETTLE_MS
+        # The current second may still be filling (v1 has whole seconds): stop before it.
+        hi = now_ms() - 1000
         hi -= hi % g
-        if hi - lo < CATCH_UP_MIN_GAP_MS:
-            return
-        log.info("catching up on a gap behind the watermark", gap_s=round((hi - lo) / 1000))
+        if hi - lo < min_gap_ms:
+            return None
+        (log.info if min_gap_ms >= CATCH_UP_MIN_GAP_MS else log.debug)(
+            "reading a gap behind the watermark in slices", gap_s=round((hi - lo) / 1000)
+        )
 
         async def emit(s: Slice[Routed]) -> None:
             items = list(s.events or [])
@@ -340,7 +347,10 @@ class Pipeline:
             await self._enqueue(rt, items, "tail", items, newest)
 
         stats = await self._read_sliced(rt, lo, hi, "tail", emit)
-        log.info("caught up", events=stats.events, pages=stats.pages, splits=stats.splits)
+        (log.info if min_gap_ms >= CATCH_UP_MIN_GAP_MS else log.debug)(
+            "caught up", events=stats.events, pages=stats.pages, splits=stats.splits
+        )
+        return stats.events, stats.pages
 
     def _plan_backfill(self, rt: PartitionRuntime, now: int) -> None:
         g = self._granularity(rt.partition)
@@ -411,6 +421,7 @@ class Pipeline:
             tail_start_ms=rt.tail_start_ms,
             sweep_budget=self.sweep_budget,
             on_poll_ok=self.readiness.mark_poll_ok,
+            read_gap=lambda: self._read_gap(rt, BUSY_GAP_MIN_MS),
         )
 
     async def _read_window(
@@ -524,9 +535,11 @@ class Pipeline:
     ) -> BackfillStats:
         """Reads [lo, hi) in concurrent slices and hands them to `emit` oldest first."""
         p = rt.partition
-        plan = SlicePlan[Routed].build(
-            lo, hi, self.cfg.backfill.slice_seconds * 1000, self._granularity(p)
-        )
+        g = self._granularity(p)
+        b = self.cfg.backfill
+        # Enough initial slices to use the concurrency at once, none wider than slice_seconds.
+        width = max(g, min(b.slice_seconds * 1000, -(-(hi - lo) // b.concurrency)))
+        plan = SlicePlan[Routed].build(lo, hi, width, g)
 
         async def fetch(lo: int, hi: int) -> AsyncIterator[list[Routed]]:
             async for events in self._read_window(p, lo, hi, ()):

@@ -50,6 +50,8 @@ class Tail:
         page_size: int = 100,
         on_poll_ok: Callable[[], None] = lambda: None,
         clock_ms: Callable[[], int] = _now_ms,
+        read_gap: Callable[[], Awaitable[tuple[int, int] | None]] | None = None,
+        busy_pages: int = 10,
     ) -> None:
         self._read = read
         self._accept = accept
@@ -60,13 +62,32 @@ class Tail:
         self._page_size = page_size
         self._on_poll_ok = on_poll_ok
         self._clock_ms = clock_ms
+        self._read_gap = read_gap
+        self._busy_pages = busy_pages
+        self._busy = False
         self.polls = 0
         self.sweeps = 0
 
     async def poll(self) -> int:
-        """One pass over [watermark - overlap, now]; returns how many events were new."""
+        """One pass over [watermark - overlap, now]; returns how many events were new.
+
+        While polls are busy (many pages each), the window is read by `read_gap` in parallel
+        ordered slices instead of one sequential walk, which must hold its whole window to
+        publish it oldest first and reads one page per round trip: so a poll's cost stays
+        rate x (overlap + interval) without its time growing with it. `read_gap` returns None
+        when the window is too small to be worth slicing.
+        """
+        if self._busy and self._read_gap is not None:
+            read = await self._read_gap()
+            if read is not None:
+                new, pages = read
+                self._busy = pages >= self._busy_pages
+                self.polls += 1
+                self._on_poll_ok()
+                return new
         lo = max(self._tail_start_ms, self._watermark() - int(self._cfg.overlap_seconds * 1000))
-        events, newest = await self._collect(lo, None, ())
+        events, newest, pages = await self._collect(lo, None, ())
+        self._busy = pages >= self._busy_pages
         new = await self._accept(events, newest)
         self.polls += 1
         self._on_poll_ok()
@@ -80,8 +101,11 @@ class Tail:
         if hi <= lo:
             return 0
         extra = (self._sweep_budget,) if self._sweep_budget is not None else ()
-        events, _ = await self._collect(lo, hi, extra)
-        new = await self._accept(events, None)
+        new = 0
+        # Page by page: at high rates the window is large, and what a sweep finds is late
+        # events, which are already out of order; nothing is gained by holding the window.
+        async for page in self._read(lo, hi, extra):
+            new += await self._accept(page, None)
         self.sweeps += 1
         if new:
             log.info("sweep found late events", new=new, window_s=round((hi - lo) / 1000, 1))
@@ -89,14 +113,16 @@ class Tail:
 
     async def _collect(
         self, lo: int, hi: int | None, extra: Sequence[RateBudget]
-    ) -> tuple[list[Event], int | None]:
+    ) -> tuple[list[Event], int | None, int]:
         events: list[Event] = []
+        pages = 0
         async for page in self._read(lo, hi, extra):
             events.extend(page)
+            pages += 1
         newest = max((e.created_ms for e in events), default=None)
-        return events, newest
+        return events, newest, pages
 
-    async def catch_up(self) -> None:
+    async def run_once(self) -> None:
         """Polls until a poll brings less than a page of new events, then sweeps once."""
         while await self.poll() >= self._page_size:
             pass
