@@ -342,9 +342,16 @@ class Pipeline:
         )
 
         async def emit(s: Slice[Routed]) -> None:
-            items = list(s.events or [])
-            newest = max((i.created_ms for i in items), default=None)
-            await self._enqueue(rt, items, "tail", items, newest)
+            read = s.events or []
+            newest = max((i.created_ms for i in read), default=None)
+            # Checked again under the partition's lock: a sweep running meanwhile may have
+            # published some of these since the slice was fetched.
+            async with self._locks[rt.partition]:
+                items = [i for i in read if not rt.seen.seen(i.id)]
+                if len(items) < len(read):
+                    skipped = len(read) - len(items)
+                    metrics.DUPLICATES_SKIPPED.labels(source=rt.partition.api).inc(skipped)
+                await self._enqueue(rt, items, "tail", items, newest)
 
         stats = await self._read_sliced(rt, lo, hi, "tail", emit)
         (log.info if min_gap_ms >= CATCH_UP_MIN_GAP_MS else log.debug)(
