@@ -489,6 +489,7 @@ async def bench(args: argparse.Namespace) -> str:
         f"{tail.lag_p50:g} s, p99 <= {tail.lag_p99:g} s (histogram buckets).",
     ]
     if rss is not None:
+        lines.append("")
         lines.append(
             f"1M-event backfill (`backfill_1m.toml`, v1+v2, no latency, budget 1000 req/s): "
             f"peak RSS **{rss.peak_rss_mb:.0f} MB** (limit 400 MB), {rss.events:,} events "
