@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import orjson
@@ -160,34 +160,48 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-async def run_ingestor(
-    sim: Sim, bootstrap: str, prefix: str, log_path: Path, env: Mapping[str, str]
-) -> IngestorRun:
-    """`ingestor run --backfill --once` as a subprocess; timed from the sim's first request."""
-    await sim.post("/_sim/counters/reset", {})
-    full_env = {
+def ingestor_env(
+    sim: Sim, bootstrap: str, prefix: str, http_port: int, extra: Mapping[str, str]
+) -> dict[str, str]:
+    """The ingestor's environment for a run against the benchmark's simulator."""
+    return {
         **os.environ,
         "STRIPE_API_KEY": API_KEY,
         "STRIPE_API_BASE": sim.url,
         "STRIPE_RATE_LIMIT": str(RATE_LIMIT),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "INGESTOR_TOPIC_PREFIX": prefix,
-        "INGESTOR_HTTP_PORT": "0",
+        "INGESTOR_HTTP_PORT": str(http_port),
         "INGESTOR_LOG__FORMAT": "json",
-        **env,
+        **extra,
     }
+
+
+async def spawn_ingestor(
+    flags: list[str], env: Mapping[str, str], log: BinaryIO
+) -> asyncio.subprocess.Process:
+    """`python -m ingestor run FLAGS` with its output in `log`."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ingestor",
+        "run",
+        *flags,
+        env=dict(env),
+        cwd=ROOT,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def run_ingestor(
+    sim: Sim, bootstrap: str, prefix: str, log_path: Path, env: Mapping[str, str]
+) -> IngestorRun:
+    """`ingestor run --backfill --once` as a subprocess; timed from the sim's first request."""
+    await sim.post("/_sim/counters/reset", {})
     with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ingestor",
-            "run",
-            "--backfill",
-            "--once",
-            env=full_env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
+        proc = await spawn_ingestor(
+            ["--backfill", "--once"], ingestor_env(sim, bootstrap, prefix, 0, env), log
         )
         first: float | None = None
         peak = 0.0
@@ -321,29 +335,10 @@ async def measure_tail(
     """`ingestor run` (tail only) while the simulator creates `rate` events/s for `seconds`;
     then live traffic stops and the time to publish everything is measured too."""
     http_port = _free_port()
-    env = {
-        **os.environ,
-        "STRIPE_API_KEY": API_KEY,
-        "STRIPE_API_BASE": sim.url,
-        "STRIPE_RATE_LIMIT": str(RATE_LIMIT),
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "INGESTOR_TOPIC_PREFIX": prefix,
-        "INGESTOR_HTTP_PORT": str(http_port),
-        "INGESTOR_LOG__FORMAT": "json",
-        "INGESTOR_STRIPE__V2": "false",
-    }
+    env = ingestor_env(sim, bootstrap, prefix, http_port, {"INGESTOR_STRIPE__V2": "false"})
     metrics_url = f"http://127.0.0.1:{http_port}/metrics"
     with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ingestor",
-            "run",
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        proc = await spawn_ingestor([], env, log)
         try:
             deadline = time.monotonic() + 60
             while True:
