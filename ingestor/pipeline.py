@@ -725,6 +725,7 @@ async def serve(
                     # The last transaction's outcome is unknown: rebuild from the state topic
                     # (what Kafka really holds) instead of guessing.
                     readiness.mark_kafka(False)
+                    metrics.ERRORS.labels(kind=type(cause).__name__).inc()
                     if generation is not None and generation.restored:
                         failures = 0  # a new outage, not the same one: start the backoff over
                     failures += 1
