@@ -8,9 +8,9 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -39,6 +39,7 @@ from ingestor.timespec import parse_since
 log = structlog.get_logger(__name__)
 
 IngestMode = Literal["tail", "backfill"]
+T = TypeVar("T")
 RETENTION_MS = 30 * 86400 * 1000
 # Keep clear of the exact 30-day edge: a request built at the edge can age out in flight.
 RETENTION_MARGIN_MS = 5 * 60 * 1000
@@ -172,20 +173,11 @@ class Pipeline:
         """Runs until `stop` (or, with --once, until everything available is committed)."""
         # A broker that accepts connections but does not answer holds a restore for up to
         # kafka.request_timeout; a stop must not wait for that (nothing is in flight yet).
-        restoring = asyncio.create_task(self.sink.restore_state())
-        stopping = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait([restoring, stopping], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not restoring.done():
-                restoring.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await restoring
-        if restoring.cancelled():
+        records = await _unless_stopped(self.sink.restore_state(), stop)
+        if records is None:
             log.info("stopped while restoring state")
             return
-        restored = PartitionRuntime.restore(restoring.result())
+        restored = PartitionRuntime.restore(records)
         self.restored = True
         self.readiness.mark_kafka(True)
         self.readiness.mark_restored()
@@ -593,6 +585,17 @@ class Pipeline:
             splits=s.splits,
             seconds=round(time.monotonic() - s.started, 1),
         )
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """`work`'s result, or None when `stop` is set first (`work` is then cancelled)."""
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(work)
+        stopper = tg.create_task(stop.wait())
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        task.cancel()  # a no-op when it finished first
+    return None if task.cancelled() else task.result()
 
 
 def _unwrap(exc: BaseException) -> BaseException:
