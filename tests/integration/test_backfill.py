@@ -63,6 +63,19 @@ async def backfill_heads(bootstrap: str, prefix: str) -> dict[str, Any]:
     return heads
 
 
+async def settled_heads(bootstrap: str, prefix: str) -> dict[str, Any]:
+    """Head records once two reads agree: a commit returns before its transaction markers
+    land, so a read right after a run can still miss that run's last state."""
+    heads = await backfill_heads(bootstrap, prefix)
+    async with asyncio.timeout(30):
+        while True:
+            await asyncio.sleep(0.5)
+            again = await backfill_heads(bootstrap, prefix)
+            if again == heads:
+                return heads
+            heads = again
+
+
 def assert_per_object_order(records: list[Any], created: dict[str, int]) -> None:
     """In every Kafka partition, each object's events appear in non-decreasing created order."""
     last: dict[tuple[str, int, bytes], int] = {}
@@ -236,7 +249,7 @@ async def test_a_stored_backfill_cursor_past_retention_is_reported_and_once_exit
             run.cancel()  # hard: no drain, nothing more committed
             with pytest.raises(asyncio.CancelledError):
                 await run
-            stored = (await backfill_heads(bootstrap, topic_prefix))["v1:platform"].backfill
+            stored = (await settled_heads(bootstrap, topic_prefix))["v1:platform"].backfill
             assert stored is not None
             assert not stored.complete
 
@@ -282,7 +295,7 @@ async def test_a_stored_tail_cursor_past_retention_is_reported_once_and_once_exi
         loaded = make_config(server.url, bootstrap, topic_prefix, stripe__v2=False)
         with sim_clock(sim):
             assert await serve(loaded, once=True) == 0
-            head = (await backfill_heads(bootstrap, topic_prefix))["v1:platform"]
+            head = (await settled_heads(bootstrap, topic_prefix))["v1:platform"]
             sim.advance_clock(31 * DAY)
             fresh = sim.add_events(150, type="charge.succeeded")
             before_metric = expired("v1:platform")
