@@ -32,7 +32,8 @@ def make_config(
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "INGESTOR_TOPIC_PREFIX": prefix,
         "INGESTOR_HTTP_PORT": "0",
-        "STRIPE_RATE_LIMIT": "400",
+        # The generic form, so a test's own stripe__rate_limit replaces it.
+        "INGESTOR_STRIPE__RATE_LIMIT": "400",
         "INGESTOR_TAIL__POLL_INTERVAL": "0.2",
         "INGESTOR_KAFKA__TOPIC_PARTITIONS": "3",
         "INGESTOR_ALARMS__SHUTDOWN_GRACE_SECONDS": "5",
