@@ -85,7 +85,7 @@ class Event:
     @property
     def json(self) -> bytes:
         """The event as JSON: Stripe's own bytes when kept, else the payload serialized."""
-        return self.raw if self.raw is not None else _dumps(self.payload)
+        return self.raw if self.raw is not None else orjson.dumps(self.payload)
 
     @property
     def partition(self) -> SourcePartition:
@@ -182,7 +182,6 @@ class V1List(msgspec.Struct):
 
 _V1_HEAD = msgspec.json.Decoder(_V1Head)
 V1_LIST = msgspec.json.Decoder(V1List)
-_dumps = orjson.dumps
 
 
 def _str(value: Any) -> str:

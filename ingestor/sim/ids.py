@@ -46,15 +46,8 @@ class IdMaker:
 
     def decode(self, prefix: str, text: str) -> int | None:
         """The serial behind an id this maker made with `prefix`, or None for anything else."""
-        if not text.startswith(prefix) or len(text) != len(prefix) + RANDOM_CHARS + SERIAL_CHARS:
-            return None
-        serial = 0
-        for c in text[-SERIAL_CHARS:]:
-            digit = _INDEX.get(c)
-            if digit is None:
-                return None
-            serial = serial * 62 + digit
-        return serial if self.make(prefix, serial) == text else None
+        serial = serial_of(text, prefix)
+        return serial if serial is not None and self.make(prefix, serial) == text else None
 
 
 def token(seed_value: int, width: int = 14) -> str:
