@@ -1,4 +1,4 @@
-"""Backfill of one source partition: concurrent slices, split when dense, emitted oldest first."""
+"""Backfill of one stream: concurrent slices, split when dense, emitted oldest first."""
 
 from __future__ import annotations
 

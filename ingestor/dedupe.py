@@ -1,4 +1,4 @@
-"""Seen window: event ids already published inside the overlap window of one source partition."""
+"""Seen window: event ids already published inside the overlap window of one stream."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ PLATFORM = "platform"
 
 
 @dataclass(frozen=True, slots=True, order=True)
-class SourcePartition:
+class Stream:
     """One stream of events with its own cursor: (api, account). account None = the platform."""
 
     api: Api
@@ -28,10 +28,10 @@ class SourcePartition:
         return f"{self.api}:{self.account or PLATFORM}"
 
     @classmethod
-    def parse(cls, key: str) -> SourcePartition:
+    def parse(cls, key: str) -> Stream:
         api, _, account = key.partition(":")
         if api not in ("v1", "v2") or not account:
-            raise ValueError(f"not a source partition key: {key!r}")
+            raise ValueError(f"not a stream key: {key!r}")
         return cls(api, None if account == PLATFORM else account)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
@@ -88,8 +88,8 @@ class Event:
         return self.raw if self.raw is not None else orjson.dumps(self.payload)
 
     @property
-    def partition(self) -> SourcePartition:
-        return SourcePartition(self.api, self.account)
+    def stream(self) -> Stream:
+        return Stream(self.api, self.account)
 
     @classmethod
     def from_v1(cls, obj: Any, account: str | None = None) -> Event:

@@ -72,20 +72,20 @@ BATCH_EVENTS = Histogram(
 )
 WATERMARK_AGE = Gauge(
     "ingestor_watermark_age_seconds",
-    "Now minus the partition's watermark (newest event time fully committed).",
-    ["partition"],
+    "Now minus the stream's watermark (newest event time fully committed).",
+    ["stream"],
     registry=REGISTRY,
 )
 CURSOR_GAP_ALARM = Gauge(
     "ingestor_cursor_gap_alarm",
-    "1 while a partition's cursor is older than the gap threshold (retention cliff ahead).",
-    ["partition"],
+    "1 while a stream's cursor is older than the gap threshold (retention cliff ahead).",
+    ["stream"],
     registry=REGISTRY,
 )
 CURSOR_EXPIRED = Counter(
     "ingestor_cursor_expired",
     "Windows lost because a cursor aged out of Stripe's 30-day retention.",
-    ["partition"],
+    ["stream"],
     registry=REGISTRY,
 )
 BACKFILL_EVENTS = Counter(

@@ -319,7 +319,7 @@ DEFAULT_GAP_THRESHOLD_S = 7 * 86400.0
 
 
 def check_gap(
-    partition_key: str,
+    stream_key: str,
     cursor_ms: int | None,
     now_ms: int | None = None,
     threshold_s: float = DEFAULT_GAP_THRESHOLD_S,
@@ -332,33 +332,33 @@ def check_gap(
     if now_ms is None:
         now_ms = int(time.time() * 1000)
     alarm = cursor_ms is not None and (now_ms - cursor_ms) / 1000 > threshold_s
-    CURSOR_GAP_ALARM.labels(partition=partition_key).set(1 if alarm else 0)
+    CURSOR_GAP_ALARM.labels(stream=stream_key).set(1 if alarm else 0)
     return alarm
 
 
 class GapAlarm:
-    """check_gap per partition, logging only when a partition's alarm is raised or cleared."""
+    """check_gap per stream, logging only when a stream's alarm is raised or cleared."""
 
     def __init__(self, threshold_s: float = DEFAULT_GAP_THRESHOLD_S) -> None:
         self.threshold_s = threshold_s
         self._alarming: set[str] = set()
 
-    def check(self, partition_key: str, cursor_ms: int | None, now_ms: int | None = None) -> bool:
+    def check(self, stream_key: str, cursor_ms: int | None, now_ms: int | None = None) -> bool:
         if now_ms is None:
             now_ms = int(time.time() * 1000)
-        alarm = check_gap(partition_key, cursor_ms, now_ms, self.threshold_s)
-        if alarm and partition_key not in self._alarming:
-            self._alarming.add(partition_key)
+        alarm = check_gap(stream_key, cursor_ms, now_ms, self.threshold_s)
+        if alarm and stream_key not in self._alarming:
+            self._alarming.add(stream_key)
             assert cursor_ms is not None
             log.warning(
-                "cursor gap alarm: partition is far behind; Stripe drops events after 30 days",
-                partition=partition_key,
+                "cursor gap alarm: stream is far behind; Stripe drops events after 30 days",
+                stream=stream_key,
                 gap_seconds=round((now_ms - cursor_ms) / 1000),
                 threshold_seconds=self.threshold_s,
             )
-        elif not alarm and partition_key in self._alarming:
-            self._alarming.discard(partition_key)
-            log.info("cursor gap alarm cleared", partition=partition_key)
+        elif not alarm and stream_key in self._alarming:
+            self._alarming.discard(stream_key)
+            log.info("cursor gap alarm cleared", stream=stream_key)
         return alarm
 
     @property

@@ -23,15 +23,15 @@ from ingestor.errors import (
     IngestorError,
     KafkaUnavailable,
 )
-from ingestor.events import Event, Hydration, Record, SourcePartition
+from ingestor.events import Event, Hydration, Record, Stream
 from ingestor.hydrate import Hydrator
 from ingestor.observe import GapAlarm, HealthServer, Readiness
 from ingestor.pages import fetch_object, v1_pages, v2_pages
-from ingestor.partition import BackfillProgress, PartitionRuntime, Seen
 from ingestor.progress import ProgressReporter
 from ingestor.ratelimit import RateBudget
 from ingestor.route import Router
 from ingestor.sink import Sink
+from ingestor.stream import BackfillProgress, Seen, StreamState
 from ingestor.stripe_api import StripeClient
 from ingestor.tail import Tail
 from ingestor.timespec import parse_since
@@ -70,9 +70,9 @@ class Routed:
 
 @dataclass(slots=True)
 class Batch:
-    """Records of one partition plus that partition's state as of them: one commit unit."""
+    """Records of one stream plus that stream's state as of them: one commit unit."""
 
-    partition: SourcePartition
+    stream: Stream
     items: list[Routed]
     state: dict[bytes, bytes | None]
     mode: IngestMode
@@ -142,7 +142,7 @@ class Pipeline:
         sink: Sink,
         hydrator: Hydrator,
         readiness: Readiness,
-        partitions: Sequence[SourcePartition],
+        streams: Sequence[Stream],
         *,
         backfill: bool,
         since: str | None,
@@ -154,7 +154,7 @@ class Pipeline:
         self.sink = sink
         self.hydrator = hydrator
         self.readiness = readiness
-        self.partitions = list(partitions)
+        self.streams = list(streams)
         self.backfill = backfill
         self.since = since
         self.once = once
@@ -163,8 +163,8 @@ class Pipeline:
         self.queue = CommitQueue(max_items=max(4 * config.tail.batch_max_events, 20_000))
         self.sweep_budget = client.budget.share(config.tail.sweep_budget_share)
         self.gap = GapAlarm(config.alarms.gap_threshold_seconds)
-        self.runtimes: dict[SourcePartition, PartitionRuntime] = {}
-        self._locks: dict[SourcePartition, asyncio.Lock] = {}
+        self.runtimes: dict[Stream, StreamState] = {}
+        self._locks: dict[Stream, asyncio.Lock] = {}
         self.restored = False  # Kafka answered this generation's state restore
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -177,17 +177,17 @@ class Pipeline:
         if records is None:
             log.info("stopped while restoring state")
             return
-        restored = PartitionRuntime.restore(records)
+        restored = StreamState.restore(records)
         self.restored = True
         self.readiness.mark_kafka(True)
         self.readiness.mark_restored()
-        for p in self.partitions:
-            self.runtimes[p] = restored.get(p) or PartitionRuntime(p)
+        for p in self.streams:
+            self.runtimes[p] = restored.get(p) or StreamState(p)
             self._locks[p] = asyncio.Lock()
         log.info(
             "state restored",
-            partitions=[p.key for p in self.partitions],
-            resumed=[p.key for p in self.partitions if p in restored],
+            streams=[p.key for p in self.streams],
+            resumed=[p.key for p in self.streams if p in restored],
         )
         async with asyncio.TaskGroup() as tg:
             committer = tg.create_task(self._commit_loop())
@@ -210,7 +210,7 @@ class Pipeline:
     async def _intake(self) -> None:
         async with asyncio.TaskGroup() as tg:
             for rt in self.runtimes.values():
-                tg.create_task(self._read_partition(rt))
+                tg.create_task(self._read_stream(rt))
 
     # --- commit -----------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class Pipeline:
             records = [r for b in batches for item in b.items for r in item.records]
             state: dict[bytes, bytes | None] = {}
             for b in batches:
-                state.update(b.state)  # later snapshots of a partition supersede earlier ones
+                state.update(b.state)  # later snapshots of a stream supersede earlier ones
             started = time.monotonic()
             try:
                 result = await self.sink.commit_batch(records, state)
@@ -251,32 +251,30 @@ class Pipeline:
             if dead:
                 metrics.DLQ_EVENTS.labels(reason="hydration_failed").inc(dead)
             metrics.BATCH_EVENTS.observe(events)
-            for p in {b.partition for b in batches}:
+            for p in {b.stream for b in batches}:
                 rt = self.runtimes[p]
                 if rt.watermark_ms is not None:
-                    metrics.WATERMARK_AGE.labels(partition=p.key).set(
-                        (now - rt.watermark_ms) / 1000
-                    )
+                    metrics.WATERMARK_AGE.labels(stream=p.key).set((now - rt.watermark_ms) / 1000)
             # A batch of only state (a backfill slice with no events) is routine: debug level.
             (log.info if events else log.debug)(
                 "batch committed",
                 events=events,
                 records=len(records),
                 dlq=result.dlq,
-                partitions=sorted({b.partition.key for b in batches}),
+                streams=sorted({b.stream.key for b in batches}),
                 ms=round((time.monotonic() - started) * 1000, 1),
             )
             await self.queue.done(len(batches))
 
-    # --- partitions -------------------------------------------------------------------------
+    # --- streams ----------------------------------------------------------------------------
 
-    def _granularity(self, p: SourcePartition) -> int:
+    def _granularity(self, p: Stream) -> int:
         # v1 `created` is whole seconds; v2 carries milliseconds.
         return 1000 if p.api == "v1" else 1
 
-    async def _read_partition(self, rt: PartitionRuntime) -> None:
-        p = rt.partition
-        structlog.contextvars.bind_contextvars(partition=p.key)
+    async def _read_stream(self, rt: StreamState) -> None:
+        p = rt.stream
+        structlog.contextvars.bind_contextvars(stream=p.key)
         g = self._granularity(p)
         now = now_ms()
         if rt.tail_start_ms is None:
@@ -308,7 +306,7 @@ class Pipeline:
         else:
             await tail.run()
 
-    async def _read_gap(self, rt: PartitionRuntime, min_gap_ms: int) -> tuple[int, int] | None:
+    async def _read_gap(self, rt: StreamState, min_gap_ms: int) -> tuple[int, int] | None:
         """Reads from the watermark (less the overlap) up to the last whole second in parallel
         ordered slices; returns (new events, pages read), or None when the gap is smaller than
         `min_gap_ms`.
@@ -321,7 +319,7 @@ class Pipeline:
         """
         assert rt.tail_start_ms is not None
         assert rt.watermark_ms is not None
-        g = self._granularity(rt.partition)
+        g = self._granularity(rt.stream)
         overlap = int(self.cfg.tail.overlap_seconds * 1000)
         lo = max(rt.tail_start_ms, rt.watermark_ms - overlap)
         # The current second may still be filling (v1 has whole seconds): stop before it.
@@ -336,13 +334,13 @@ class Pipeline:
         async def emit(s: Slice[Routed]) -> None:
             read = s.events or []
             newest = max((i.created_ms for i in read), default=None)
-            # Checked again under the partition's lock: a sweep running meanwhile may have
+            # Checked again under the stream's lock: a sweep running meanwhile may have
             # published some of these since the slice was fetched.
-            async with self._locks[rt.partition]:
+            async with self._locks[rt.stream]:
                 items = [i for i in read if not rt.seen.seen(i.id)]
                 if len(items) < len(read):
                     skipped = len(read) - len(items)
-                    metrics.DUPLICATES_SKIPPED.labels(source=rt.partition.api).inc(skipped)
+                    metrics.DUPLICATES_SKIPPED.labels(source=rt.stream.api).inc(skipped)
                 await self._enqueue(rt, items, "tail", items, newest)
 
         stats = await self._read_sliced(rt, lo, hi, "tail", emit)
@@ -351,8 +349,8 @@ class Pipeline:
         )
         return stats.events, stats.pages
 
-    def _plan_backfill(self, rt: PartitionRuntime, now: int) -> None:
-        g = self._granularity(rt.partition)
+    def _plan_backfill(self, rt: StreamState, now: int) -> None:
+        g = self._granularity(rt.stream)
         assert rt.tail_start_ms is not None
         since_ms = parse_since(self.since or self.cfg.backfill.since, now)
         edge = now - RETENTION_MS + RETENTION_MARGIN_MS
@@ -379,13 +377,13 @@ class Pipeline:
         else:
             self._check_retention(rt, bf.cursor_ms, now, "backfill")
 
-    def _check_retention(self, rt: PartitionRuntime, cursor_ms: int, now: int, what: str) -> int:
+    def _check_retention(self, rt: StreamState, cursor_ms: int, now: int, what: str) -> int:
         """Reports a cursor that aged out of retention and returns where reading can resume."""
         edge = now - RETENTION_MS + RETENTION_MARGIN_MS
         if cursor_ms >= edge:
             return cursor_ms
-        p = rt.partition
-        metrics.CURSOR_EXPIRED.labels(partition=p.key).inc()
+        p = rt.stream
+        metrics.CURSOR_EXPIRED.labels(stream=p.key).inc()
         self.outcome.lost_windows.append((p.key, cursor_ms, edge))
         log.error(
             "cursor aged out of Stripe's 30-day retention: events in the window are lost",
@@ -399,9 +397,9 @@ class Pipeline:
             rt.advance_backfill(edge - edge % self._granularity(p))
         return edge
 
-    def _make_tail(self, rt: PartitionRuntime) -> Tail:
+    def _make_tail(self, rt: StreamState) -> Tail:
         assert rt.tail_start_ms is not None
-        p = rt.partition
+        p = rt.stream
 
         def watermark() -> int:
             assert rt.watermark_ms is not None
@@ -424,7 +422,7 @@ class Pipeline:
         )
 
     async def _read_window(
-        self, p: SourcePartition, lo_ms: int, hi_ms: int | None, extra: Sequence[RateBudget]
+        self, p: Stream, lo_ms: int, hi_ms: int | None, extra: Sequence[RateBudget]
     ) -> AsyncIterator[list[Event]]:
         types = self.cfg.stripe.types
         if p.api == "v1":
@@ -481,13 +479,13 @@ class Pipeline:
             out.append(Routed(event.id, event.type, event.api, event.created_ms, records))
         return out
 
-    async def _accept(self, rt: PartitionRuntime, events: list[Event], newest: int | None) -> int:
+    async def _accept(self, rt: StreamState, events: list[Event], newest: int | None) -> int:
         """Tail intake: drop what is already published or not the tail's, publish the rest."""
-        async with self._locks[rt.partition]:
+        async with self._locks[rt.stream]:
             assert rt.tail_start_ms is not None
             fresh, dups = rt.filter_new(events)
             if dups:
-                metrics.DUPLICATES_SKIPPED.labels(source=rt.partition.api).inc(dups)
+                metrics.DUPLICATES_SKIPPED.labels(source=rt.stream.api).inc(dups)
             fresh = [e for e in fresh if e.created_ms >= rt.tail_start_ms]
             items = await self._prepare(fresh, "tail")
             await self._enqueue(rt, items, "tail", fresh, newest)
@@ -495,7 +493,7 @@ class Pipeline:
 
     async def _enqueue(
         self,
-        rt: PartitionRuntime,
+        rt: StreamState,
         items: list[Routed],
         mode: IngestMode,
         events: Sequence[Seen] = (),
@@ -516,7 +514,7 @@ class Pipeline:
             state = rt.snapshot()
             if not items and not state:
                 return None
-            return Batch(rt.partition, items, state, mode)
+            return Batch(rt.stream, items, state, mode)
 
         await self.queue.put(build)
 
@@ -524,7 +522,7 @@ class Pipeline:
 
     async def _read_sliced(
         self,
-        rt: PartitionRuntime,
+        rt: StreamState,
         lo: int,
         hi: int,
         mode: IngestMode,
@@ -533,7 +531,7 @@ class Pipeline:
         report: bool = False,
     ) -> BackfillStats:
         """Reads [lo, hi) in concurrent slices and hands them to `emit` oldest first."""
-        p = rt.partition
+        p = rt.stream
         g = self._granularity(p)
         b = self.cfg.backfill
         # Enough initial slices to use the concurrency at once, none wider than slice_seconds.
@@ -568,7 +566,7 @@ class Pipeline:
             progress.cancel()
         return backfiller.stats
 
-    async def _run_backfill(self, rt: PartitionRuntime) -> None:
+    async def _run_backfill(self, rt: StreamState) -> None:
         bf = rt.backfill
         assert bf is not None
         log.info("backfill starting", start=bf.cursor_ms, end=bf.end_ms)
@@ -633,7 +631,7 @@ async def _retrying(fn: Callable[[], Any], what: str) -> None:
 # --- process entry ------------------------------------------------------------------------
 
 
-async def discover_partitions(config: Config, client: StripeClient) -> list[SourcePartition]:
+async def discover_streams(config: Config, client: StripeClient) -> list[Stream]:
     """(api, account) pairs from config; `all` = the platform plus every connected account."""
     accounts: list[str | None] = []
     wanted = config.stripe.accounts or ("platform",)
@@ -650,10 +648,10 @@ async def discover_partitions(config: Config, client: StripeClient) -> list[Sour
         apis.append("v1")
     if config.stripe.v2:
         apis.append("v2")
-    seen: dict[SourcePartition, None] = {}
+    seen: dict[Stream, None] = {}
     for acct in accounts:
         for api in apis:
-            seen[SourcePartition(api, acct)] = None
+            seen[Stream(api, acct)] = None
     return list(seen)
 
 
@@ -696,7 +694,7 @@ async def serve(
         async with Hydrator(
             fetch, concurrency=cfg.hydrate.concurrency, max_attempts=cfg.hydrate.max_attempts
         ) as hydrator:
-            partitions = await discover_partitions(cfg, client)
+            streams = await discover_streams(cfg, client)
             failures = 0
             while not stop.is_set():
                 generation: Pipeline | None = None
@@ -713,7 +711,7 @@ async def serve(
                             sink,
                             hydrator,
                             readiness,
-                            partitions,
+                            streams,
                             backfill=backfill,
                             since=since,
                             once=once,

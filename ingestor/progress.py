@@ -1,12 +1,12 @@
 """Backfill progress: a one-line bar on a terminal, structured log lines and gauges otherwise.
 
-Each backfilling source partition runs a `ProgressReporter`. On a TTY (stderr is a terminal)
-all of them share one redrawn line on stderr with the figures summed over the partitions: the
+Each backfilling stream runs a `ProgressReporter`. On a TTY (stderr is a terminal)
+all of them share one redrawn line on stderr with the figures summed over the streams: the
 share of the time range handed to the committer (oldest first, so a prefix), events read,
 events/s, slices done/total and an ETA.
 Without a terminal each reporter logs a `backfill progress` line every `every` seconds with
 the same figures. Either way the `ingestor_backfill_progress_ratio` and
-`ingestor_backfill_slices{state}` gauges follow the sum over the partitions.
+`ingestor_backfill_slices{state}` gauges follow the sum over the streams.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def render_bar(f: Figures, width: int = BAR_WIDTH) -> str:
 
 
 class _Reading:
-    """The latest figures of one partition, with what the ETA needs."""
+    """The latest figures of one stream, with what the ETA needs."""
 
     def __init__(self, started: float, ratio: float) -> None:
         self.started = started
@@ -169,16 +169,16 @@ def _is_tty(stream: TextIO) -> bool:
 
 
 class ProgressReporter:
-    """Reports one partition's backfill until cancelled (see the module docstring).
+    """Reports one stream's backfill until cancelled (see the module docstring).
 
-    `start_ms`/`end_ms` is the partition's whole backfill range, so a resumed backfill starts
+    `start_ms`/`end_ms` is the stream's whole backfill range, so a resumed backfill starts
     at the share it had already committed. Construct it right before the backfill runs.
     """
 
     def __init__(
         self,
         backfiller: Watched,
-        partition: str,
+        stream_key: str,
         *,
         start_ms: int,
         end_ms: int,
@@ -188,7 +188,7 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._b = backfiller
-        self._partition = partition
+        self._key = stream_key
         self._start_ms = start_ms
         self._end_ms = max(end_ms, start_ms)
         self._every = every
@@ -207,7 +207,7 @@ class ProgressReporter:
         return 1.0 if span <= 0 else min(1.0, max(0.0, (head - self._start_ms) / span))
 
     def figures(self) -> Figures:
-        """This partition's figures now."""
+        """This stream's figures now."""
         s = self._b.stats
         elapsed = self._clock() - self._started
         ratio = self._ratio()
@@ -222,7 +222,7 @@ class ProgressReporter:
 
     def update(self) -> Figures:
         """Takes a reading, updates the gauges and (on a TTY) redraws the line; returns the
-        figures summed over every active partition."""
+        figures summed over every active stream."""
         self._reading.figures = self.figures()
         _BOARD.readings[id(self)] = self._reading
         total = _BOARD.publish(self._clock())
@@ -248,14 +248,12 @@ class ProgressReporter:
                 now = self._clock()
                 if not self._tty and now - last_log >= self._every - 1e-6:
                     last_log = now
-                    log.info(
-                        "backfill progress", partition=self._partition, **self.figures().fields()
-                    )
+                    log.info("backfill progress", stream=self._key, **self.figures().fields())
         finally:
             self.close()
 
     def close(self) -> None:
-        """Final reading; ends the terminal line once the last partition is done."""
+        """Final reading; ends the terminal line once the last stream is done."""
         final = self.update()
         _BOARD.readings.pop(id(self), None)
         if self._tty and not _BOARD.readings and _BOARD.drawn:

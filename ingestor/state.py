@@ -1,4 +1,4 @@
-"""State-topic records: a partition's head record and its seen-id chunks, encoded (pure)."""
+"""State-topic records: a stream's head record and its seen-id chunks, encoded (pure)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 
 from ingestor.errors import StateCorrupt
-from ingestor.events import SourcePartition
+from ingestor.events import Stream
 
 VERSION = 1
-# Seen ids are kept in buckets of created time (see partition.py); a bucket is written as one
+# Seen ids are kept in buckets of created time (see stream.py); a bucket is written as one
 # or more chunks of at most this many (id, created_ms) entries, ~45 bytes each, which keeps
 # every state record far below Kafka's 1 MB default message size whatever the event rate.
 CHUNK_ENTRIES = 15_000
@@ -43,9 +43,9 @@ class BackfillProgress:
 
 @dataclass(slots=True)
 class Head:
-    """The head record of a source partition: cursors, progress and its seen-chunk index."""
+    """The head record of a stream: cursors, progress and its seen-chunk index."""
 
-    partition: SourcePartition
+    stream: Stream
     seq: int = 0
     tail_start_ms: int | None = None
     watermark_ms: int | None = None
@@ -53,12 +53,12 @@ class Head:
     buckets: dict[int, int] = field(default_factory=dict)  # bucket start -> chunk count
 
 
-def head_key(partition: SourcePartition) -> bytes:
-    return partition.key.encode()
+def head_key(stream: Stream) -> bytes:
+    return stream.key.encode()
 
 
-def chunk_key(partition: SourcePartition, bucket: int, chunk: int) -> bytes:
-    return f"{partition.key}{SEEN_MARK}{bucket}/{chunk}".encode()
+def chunk_key(stream: Stream, bucket: int, chunk: int) -> bytes:
+    return f"{stream.key}{SEEN_MARK}{bucket}/{chunk}".encode()
 
 
 def is_head_key(key: bytes) -> bool:
@@ -70,7 +70,7 @@ def encode_head(head: Head) -> bytes:
     return orjson.dumps(
         {
             "v": VERSION,
-            "partition": head.partition.key,
+            "stream": head.stream.key,
             "seq": head.seq,
             "tail_start_ms": head.tail_start_ms,
             "watermark_ms": head.watermark_ms,
@@ -86,16 +86,18 @@ def decode_head(key: bytes, value: bytes) -> Head:
     """Raises StateCorrupt rather than guessing a cursor from a damaged record."""
     text = key.decode("utf-8", "replace")
     try:
-        partition = SourcePartition.parse(text)
+        stream = Stream.parse(text)
         raw = orjson.loads(value)
         if not isinstance(raw, dict) or raw.get("v") != VERSION:
             version = raw.get("v") if isinstance(raw, dict) else None
             raise StateCorrupt(f"state {text}: unknown version {version!r}")
-        if raw["partition"] != text:
-            raise StateCorrupt(f"state {text}: record names partition {raw['partition']!r}")
+        # Records written before the rename of "source partition" to "stream" name it so.
+        named = raw["stream"] if "stream" in raw else raw["partition"]
+        if named != text:
+            raise StateCorrupt(f"state {text}: record names stream {named!r}")
         bf = raw["backfill"]
         return Head(
-            partition=partition,
+            stream=stream,
             seq=_int(raw["seq"]),
             tail_start_ms=_opt_int(raw["tail_start_ms"]),
             watermark_ms=_opt_int(raw["watermark_ms"]),

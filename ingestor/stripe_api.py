@@ -101,7 +101,7 @@ class _Failure(Exception):
 
 
 class StripeClient(AsyncResource):
-    """One aiohttp session to Stripe, shared by every source partition of the process.
+    """One aiohttp session to Stripe, shared by every stream of the process.
 
     `request` is the one door: it builds the URL (never leaving `api_base`'s origin),
     sets auth/version/account headers, spends the rate budget(s), and retries retriable

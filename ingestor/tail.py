@@ -1,4 +1,4 @@
-"""Live tail of one source partition: adaptive polls of a trailing window plus a slow sweep."""
+"""Live tail of one stream: adaptive polls of a trailing window plus a slow sweep."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _now_ms() -> int:
 
 
 class Tail:
-    """Reads one partition's new events, and re-reads for late ones, without missing any.
+    """Reads one stream's new events, and re-reads for late ones, without missing any.
 
     Every poll re-reads from `watermark - overlap` to now: events that became visible a few
     seconds late land there and the seen window drops the ones already published. A sweep

@@ -54,7 +54,7 @@ def list_requests(sim: Simulator) -> int:
 
 
 async def backfill_heads(bootstrap: str, prefix: str) -> dict[str, Any]:
-    """The committed head record of every source partition, by partition key."""
+    """The committed head record of every stream, by stream key."""
     records = await read_all(bootstrap, re.escape(prefix) + r"\._ingestor_state")
     heads: dict[str, Any] = {}
     for r in records:
@@ -211,10 +211,8 @@ async def test_since_older_than_retention_is_clamped_with_a_warning(
     check_exactly_once(records, truth, topic_prefix)
 
 
-def expired(partition: str) -> float:
-    value = metrics.REGISTRY.get_sample_value(
-        "ingestor_cursor_expired_total", {"partition": partition}
-    )
+def expired(stream: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("ingestor_cursor_expired_total", {"stream": stream})
     return value or 0.0
 
 

@@ -122,8 +122,8 @@ async def test_sigterm_during_a_live_run_exits_0_within_10s_with_everything_comm
     fetched = total(m, "ingestor_hydration_requests_total", result="ok")
     assert 0 < fetched <= v2
     assert total(m, "ingestor_backfill_progress_ratio") == 1.0
-    partitions = {labels["partition"] for labels, _ in m["ingestor_watermark_age_seconds"]}
-    assert partitions == {
+    streams = {labels["stream"] for labels, _ in m["ingestor_watermark_age_seconds"]}
+    assert streams == {
         f"{api}:{acct or 'platform'}"
         for api in ("v1", "v2")
         for acct in (None, *s.scenario.accounts)

@@ -38,7 +38,7 @@ def test_json_lines_when_not_a_tty_with_time_level_logger_and_bound_context() ->
     """Non-TTY + auto: one JSON object per line with ISO UTC time, level, logger, context."""
     out = io.StringIO()
     observe.configure_logging("info", "auto", out)
-    structlog.contextvars.bind_contextvars(partition="v1:platform", request_id="req_123")
+    structlog.contextvars.bind_contextvars(stream="v1:platform", request_id="req_123")
     log = structlog.get_logger("ingestor.test")
     log.info("page fetched", event_id="evt_1", count=3)
     log.debug("dropped: below level")
@@ -48,7 +48,7 @@ def test_json_lines_when_not_a_tty_with_time_level_logger_and_bound_context() ->
     assert line["logger"] == "ingestor.test"
     assert line["timestamp"].endswith("Z")
     assert line["timestamp"][:2] == "20"
-    assert line["partition"] == "v1:platform"
+    assert line["stream"] == "v1:platform"
     assert line["request_id"] == "req_123"
     assert line["event_id"] == "evt_1"
     assert line["count"] == 3
@@ -247,8 +247,8 @@ async def test_probe_that_hangs_is_bounded_by_the_probe_timeout() -> None:
 DAY_MS = 86_400_000
 
 
-def gap_gauge(partition: str) -> float | None:
-    return REGISTRY.get_sample_value("ingestor_cursor_gap_alarm", {"partition": partition})
+def gap_gauge(stream: str) -> float | None:
+    return REGISTRY.get_sample_value("ingestor_cursor_gap_alarm", {"stream": stream})
 
 
 def test_check_gap_sets_the_alarm_past_the_threshold_only() -> None:
@@ -274,7 +274,7 @@ def test_gap_alarm_logs_a_warning_once_when_raised_and_info_when_cleared() -> No
     assert alarm.alarming == frozenset({"v1:acct_9"})
     assert not alarm.check("v1:acct_9", now - DAY_MS, now)
     lines = json_lines(out)
-    assert [(x["level"], x["partition"]) for x in lines] == [
+    assert [(x["level"], x["stream"]) for x in lines] == [
         ("warning", "v1:acct_9"),
         ("info", "v1:acct_9"),
     ]

@@ -136,7 +136,7 @@ async def test_without_a_tty_a_log_line_every_period_and_the_gauges_carry_the_fi
     lines = [e for e in logs if e["event"] == "backfill progress"]
     assert len(lines) >= 2
     last = lines[-1]
-    assert last["partition"] == "v2:acct_1"
+    assert last["stream"] == "v2:acct_1"
     assert (last["events"], last["slices_done"], last["slices_total"]) == (300, 1, 4)
     assert last["progress"] == 0.25
     assert last["events_per_s"] > 0
@@ -146,7 +146,7 @@ async def test_without_a_tty_a_log_line_every_period_and_the_gauges_carry_the_fi
     assert gauge("ingestor_backfill_slices", state="total") == 4
 
 
-def test_gauges_sum_the_partitions_that_are_backfilling() -> None:
+def test_gauges_sum_the_streams_that_are_backfilling() -> None:
     a = backfill(0, 10_000, 5_000)
     b = backfill(0, 30_000, 10_000)
     ra = ProgressReporter(a, "v1:platform", start_ms=0, end_ms=10_000, tty=False)

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from ingestor.errors import StateCorrupt
-from ingestor.events import SourcePartition
+from ingestor.events import Stream
 from ingestor.state import (
     CHUNK_ENTRIES,
     BackfillProgress,
@@ -37,7 +37,7 @@ def _random_head(rng: random.Random) -> Head:
         start = base - 30 * 86_400_000
         backfill = BackfillProgress(start, base, rng.randrange(start, base + 1))
     return Head(
-        partition=SourcePartition(rng.choice(["v1", "v2"]), account),
+        stream=Stream(rng.choice(["v1", "v2"]), account),
         seq=rng.randrange(0, 10**9),
         tail_start_ms=rng.choice([None, base]),
         watermark_ms=rng.choice([None, base + rng.randrange(10**6)]),
@@ -50,7 +50,7 @@ def test_random_heads_round_trip_exactly() -> None:
     rng = random.Random(7)
     for _ in range(300):
         head = _random_head(rng)
-        assert decode_head(head_key(head.partition), encode_head(head)) == head
+        assert decode_head(head_key(head.stream), encode_head(head)) == head
 
 
 def test_chunks_of_realistic_ids_stay_far_below_kafkas_message_limit() -> None:
@@ -59,7 +59,7 @@ def test_chunks_of_realistic_ids_stay_far_below_kafkas_message_limit() -> None:
     chunks = encode_chunks(entries)
     assert len(chunks) == 3
     assert max(len(c) for c in chunks) < 800_000
-    p = SourcePartition("v1")
+    p = Stream("v1")
     back = [e for n, c in enumerate(chunks) for e in decode_chunk(chunk_key(p, 0, n), c)]
     assert back == entries
 
@@ -69,7 +69,7 @@ def test_an_empty_bucket_still_encodes_one_chunk() -> None:
 
 
 def test_head_and_chunk_keys_are_told_apart() -> None:
-    p = SourcePartition("v2", "acct_9")
+    p = Stream("v2", "acct_9")
     assert is_head_key(head_key(p))
     assert not is_head_key(chunk_key(p, 10_000, 0))
 
@@ -83,9 +83,9 @@ def test_garbage_or_unknown_versions_raise_state_corrupt(value: bytes) -> None:
         decode_head(b"v1:platform", value)
 
 
-def test_a_head_filed_under_another_partition_is_corrupt() -> None:
-    head = Head(SourcePartition("v1"), seq=3)
-    with pytest.raises(StateCorrupt, match="names partition"):
+def test_a_head_filed_under_another_stream_is_corrupt() -> None:
+    head = Head(Stream("v1"), seq=3)
+    with pytest.raises(StateCorrupt, match="names stream"):
         decode_head(b"v2:platform", encode_head(head))
 
 

@@ -1,4 +1,4 @@
-"""Partition runtime: seen ids persisted in time buckets, restored exactly, pruned by age."""
+"""Stream state: seen ids persisted in time buckets, restored exactly, pruned by age."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import orjson
 import pytest
 
 from ingestor.errors import StateCorrupt
-from ingestor.events import Event, SourcePartition
-from ingestor.partition import BUCKET_MS, BackfillProgress, PartitionRuntime
+from ingestor.events import Event, Stream
 from ingestor.state import CHUNK_ENTRIES
+from ingestor.stream import BUCKET_MS, BackfillProgress, StreamState
 
-P = SourcePartition("v1", "acct_123")
+P = Stream("v1", "acct_123")
 
 
 def ev(i: int, created_ms: int) -> Event:
@@ -27,7 +27,7 @@ def apply(store: dict[bytes, bytes], snap: dict[bytes, bytes | None]) -> None:
 
 
 def test_snapshot_round_trips_cursor_seen_ids_and_backfill_progress() -> None:
-    rt = PartitionRuntime(P)
+    rt = StreamState(P)
     rt.set_tail_start(1_000_000)
     rt.set_backfill(BackfillProgress(0, 1_000_000, 250_000))
     events = [ev(i, 1_000_000 + i * 37) for i in range(2000)]
@@ -35,7 +35,7 @@ def test_snapshot_round_trips_cursor_seen_ids_and_backfill_progress() -> None:
     rt.advance_watermark(events[-1].created_ms)
     store: dict[bytes, bytes] = {}
     apply(store, rt.snapshot())
-    back = PartitionRuntime.restore(store)[P]
+    back = StreamState.restore(store)[P]
     assert back.tail_start_ms == 1_000_000
     assert back.watermark_ms == events[-1].created_ms
     assert back.backfill == BackfillProgress(0, 1_000_000, 250_000)
@@ -45,7 +45,7 @@ def test_snapshot_round_trips_cursor_seen_ids_and_backfill_progress() -> None:
 
 
 def test_second_snapshot_rewrites_only_the_buckets_it_touched() -> None:
-    rt = PartitionRuntime(P)
+    rt = StreamState(P)
     rt.set_tail_start(0)
     rt.mark([ev(i, i * 1000) for i in range(60)])  # six 10 s buckets
     rt.snapshot()
@@ -56,7 +56,7 @@ def test_second_snapshot_rewrites_only_the_buckets_it_touched() -> None:
 
 
 def test_pruned_buckets_become_tombstones_and_memory_stays_bounded() -> None:
-    rt = PartitionRuntime(P)
+    rt = StreamState(P)
     rt.set_tail_start(0)
     store: dict[bytes, bytes] = {}
     window_ms = 60_000
@@ -70,12 +70,12 @@ def test_pruned_buckets_become_tombstones_and_memory_stays_bounded() -> None:
     assert len(rt.seen) <= (window_ms // 5_000 + 2 + BUCKET_MS // 5_000) * 100
     chunk_keys = [k for k in store if b"/seen/" in k]
     assert len(chunk_keys) <= window_ms // BUCKET_MS + 2
-    back = PartitionRuntime.restore(store)[P]
+    back = StreamState.restore(store)[P]
     assert len(back.seen) == len(rt.seen)
 
 
 def test_large_buckets_are_split_into_chunks_below_the_message_limit() -> None:
-    rt = PartitionRuntime(P)
+    rt = StreamState(P)
     rt.set_tail_start(0)
     rt.mark([ev(i, 5_000) for i in range(CHUNK_ENTRIES * 2 + 10)])
     snap = rt.snapshot()
@@ -84,28 +84,28 @@ def test_large_buckets_are_split_into_chunks_below_the_message_limit() -> None:
     assert all(v is not None and len(v) < 1_000_000 for v in chunks)
     store: dict[bytes, bytes] = {}
     apply(store, snap)
-    assert len(PartitionRuntime.restore(store)[P].seen) == CHUNK_ENTRIES * 2 + 10
+    assert len(StreamState.restore(store)[P].seen) == CHUNK_ENTRIES * 2 + 10
 
 
 def test_garbage_or_missing_chunks_raise_state_corrupt() -> None:
     with pytest.raises(StateCorrupt):
-        PartitionRuntime.restore({P.key.encode(): b"{not json"})
-    rt = PartitionRuntime(P)
+        StreamState.restore({P.key.encode(): b"{not json"})
+    rt = StreamState(P)
     rt.set_tail_start(0)
     rt.mark([ev(1, 1)])
     store: dict[bytes, bytes] = {}
     apply(store, rt.snapshot())
     del store[rt.chunk_key(0, 0)]
     with pytest.raises(StateCorrupt):
-        PartitionRuntime.restore(store)
+        StreamState.restore(store)
     bad_version = orjson.loads(store[P.key.encode()])
     bad_version["v"] = 99
     with pytest.raises(StateCorrupt):
-        PartitionRuntime.restore({P.key.encode(): orjson.dumps(bad_version)})
+        StreamState.restore({P.key.encode(): orjson.dumps(bad_version)})
 
 
 def test_an_unchanged_runtime_snapshots_nothing() -> None:
-    rt = PartitionRuntime(P)
+    rt = StreamState(P)
     rt.set_tail_start(0)
     rt.snapshot()
     assert rt.snapshot() == {}

@@ -1,4 +1,4 @@
-"""Live state of one source partition: cursors, seen window, backfill progress (pure)."""
+"""Live state of one stream: cursors, seen window, backfill progress (pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Protocol
 
 from ingestor import state
 from ingestor.dedupe import SeenWindow
-from ingestor.events import Event, SourcePartition
+from ingestor.events import Event, Stream
 from ingestor.state import BackfillProgress, Entry, Head
 
 # Seen ids are persisted in buckets of created time, so a commit rewrites only the buckets
@@ -15,7 +15,7 @@ from ingestor.state import BackfillProgress, Entry, Head
 # the event rate, and the seen set is bounded by rate x window, never by history.
 BUCKET_MS = 10_000
 
-__all__ = ["BUCKET_MS", "BackfillProgress", "PartitionRuntime", "Seen"]
+__all__ = ["BUCKET_MS", "BackfillProgress", "Seen", "StreamState"]
 
 
 class Seen(Protocol):
@@ -28,17 +28,17 @@ class Seen(Protocol):
     def created_ms(self) -> int: ...
 
 
-class PartitionRuntime:
-    """Cursor, seen window and backfill progress of one source partition.
+class StreamState:
+    """Cursor, seen window and backfill progress of one stream.
 
     Readers mutate it as they hand batches to the committer, and each batch carries a
-    `snapshot()` of the state as of that batch. Batches of one partition commit in order, so
+    `snapshot()` of the state as of that batch. Batches of one stream commit in order, so
     the newest committed snapshot always matches what Kafka holds; after a failed transaction
     the pipeline rebuilds every runtime from the state topic instead of guessing.
     """
 
-    def __init__(self, partition: SourcePartition) -> None:
-        self.head = Head(partition)
+    def __init__(self, stream: Stream) -> None:
+        self.head = Head(stream)
         self.seen = SeenWindow()
         self._buckets: dict[int, list[Entry]] = {}
         self._dirty: set[int] = set()
@@ -48,8 +48,8 @@ class PartitionRuntime:
     # --- read access ------------------------------------------------------------------------
 
     @property
-    def partition(self) -> SourcePartition:
-        return self.head.partition
+    def stream(self) -> Stream:
+        return self.head.stream
 
     @property
     def tail_start_ms(self) -> int | None:
@@ -68,7 +68,7 @@ class PartitionRuntime:
         return self.head.seq
 
     def chunk_key(self, bucket: int, chunk: int) -> bytes:
-        return state.chunk_key(self.partition, bucket, chunk)
+        return state.chunk_key(self.stream, bucket, chunk)
 
     # --- mutation ---------------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class PartitionRuntime:
     def advance_backfill(self, cursor_ms: int) -> None:
         bf = self.head.backfill
         if bf is None:
-            raise ValueError(f"{self.partition}: no backfill to advance")
+            raise ValueError(f"{self.stream}: no backfill to advance")
         bf.cursor_ms = max(bf.cursor_ms, cursor_ms)
         self._head_dirty = True
 
@@ -139,26 +139,26 @@ class PartitionRuntime:
         self._dropped.clear()
         if out or self._head_dirty:
             self.head.seq += 1
-            out[state.head_key(self.partition)] = state.encode_head(self.head)
+            out[state.head_key(self.stream)] = state.encode_head(self.head)
             self._head_dirty = False
         return out
 
     @classmethod
-    def restore(cls, records: Mapping[bytes, bytes]) -> dict[SourcePartition, PartitionRuntime]:
-        """Rebuilds every partition from the state topic's latest records."""
-        out: dict[SourcePartition, PartitionRuntime] = {}
+    def restore(cls, records: Mapping[bytes, bytes]) -> dict[Stream, StreamState]:
+        """Rebuilds every stream from the state topic's latest records."""
+        out: dict[Stream, StreamState] = {}
         for key, value in records.items():
             if not state.is_head_key(key):
                 continue
             head = state.decode_head(key, value)
-            rt = cls(head.partition)
+            rt = cls(head.stream)
             for bucket, chunks in head.buckets.items():
                 for n in range(chunks):
-                    ckey = state.chunk_key(head.partition, bucket, n)
+                    ckey = state.chunk_key(head.stream, bucket, n)
                     for event_id, created_ms in state.decode_chunk(ckey, records.get(ckey)):
                         rt._remember(event_id, created_ms)
             rt.head = head
             rt._dirty.clear()
             rt._head_dirty = False
-            out[head.partition] = rt
+            out[head.stream] = rt
         return out
