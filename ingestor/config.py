@@ -154,6 +154,8 @@ class AlarmConfig:
     gap_threshold_seconds: float = 7 * 86400.0
     ready_max_poll_age_seconds: float = 60.0
     shutdown_grace_seconds: float = 8.0
+    # A stream parked on an error retrying cannot fix (revoked access) is tried this often.
+    parked_retry_seconds: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +464,8 @@ def validate(config: Config) -> None:
         raise ConfigError("backfill.concurrency", "expected slice_seconds, concurrency >= 1")
     if not 0 <= config.http.port <= 65535:
         raise ConfigError("http.port", f"expected 0-65535, got {config.http.port}")
+    if config.alarms.parked_retry_seconds <= 0:
+        raise ConfigError("alarms.parked_retry_seconds", "expected a positive duration")
 
 
 def show(loaded: Loaded) -> list[tuple[str, str, str]]:

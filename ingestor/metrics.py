@@ -82,6 +82,19 @@ CURSOR_GAP_ALARM = Gauge(
     ["stream"],
     registry=REGISTRY,
 )
+SWEEP_WINDOW = Gauge(
+    "ingestor_sweep_window_seconds",
+    "Width of the stream's last sweep (grows past the configured window while one sweep "
+    "takes longer than the window; capped at twice the window).",
+    ["stream"],
+    registry=REGISTRY,
+)
+STREAM_PARKED = Gauge(
+    "ingestor_stream_parked",
+    "1 while a stream is parked after an error retrying cannot fix (e.g. revoked access).",
+    ["stream"],
+    registry=REGISTRY,
+)
 CURSOR_EXPIRED = Counter(
     "ingestor_cursor_expired",
     "Windows lost because a cursor aged out of Stripe's 30-day retention.",

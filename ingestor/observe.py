@@ -167,6 +167,8 @@ class Readiness:
         self.probe_timeout_seconds = probe_timeout_seconds
         self._clock = clock
         self._probes: dict[str, Probe] = {}
+        self.parked: dict[str, str] = {}
+        self.streams = 0
         READY.set(0)
 
     def mark_kafka(self, ok: bool) -> None:
@@ -180,6 +182,16 @@ class Readiness:
     def mark_poll_ok(self) -> None:
         """Call after any successful Stripe page read (tail poll or backfill slice page)."""
         self.last_poll_ok_monotonic = self._clock()
+        self._publish()
+
+    def park(self, stream: str, reason: str) -> None:
+        """A stream stopped on an error retrying cannot fix: a detail of /readyz, which goes
+        not-ready only once every stream is parked (the others still flow)."""
+        self.parked[stream] = reason
+        self._publish()
+
+    def unpark(self, stream: str) -> None:
+        self.parked.pop(stream, None)
         self._publish()
 
     def add_probe(self, name: str, probe: Probe) -> None:
@@ -205,6 +217,8 @@ class Readiness:
                     f"stripe: last successful poll {age:.0f}s ago "
                     f"(max {self.max_poll_age_seconds:.0f}s)"
                 )
+        if self.parked and len(self.parked) >= self.streams:
+            out.append(f"streams: all {len(self.parked)} parked")
         return out
 
     def ready(self) -> bool:
@@ -302,9 +316,11 @@ class HealthServer(AsyncResource):
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         reasons = await self._readiness.check()
+        parked = dict(self._readiness.parked)
         if reasons:
-            return web.json_response({"ready": False, "reasons": reasons}, status=503)
-        return web.json_response({"ready": True})
+            body = {"ready": False, "reasons": reasons, "parked": parked}
+            return web.json_response(body, status=503)
+        return web.json_response({"ready": True, "parked": parked})
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         self._readiness.ready()  # refresh the READY gauge: poll age changes with time alone

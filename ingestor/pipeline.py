@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 import structlog
 
 from ingestor import metrics
-from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan
+from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan, Timed
 from ingestor.config import Config, Loaded
 from ingestor.errors import (
     CursorExpired,
@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 
 IngestMode = Literal["tail", "backfill"]
 T = TypeVar("T")
+T_Timed = TypeVar("T_Timed", bound=Timed)
 RETENTION_MS = 30 * 86400 * 1000
 # Keep clear of the exact 30-day edge: a request built at the edge can age out in flight.
 RETENTION_MARGIN_MS = 5 * 60 * 1000
@@ -54,6 +55,20 @@ EXIT_DATA_LOST = 3
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _retention_floor(granularity_ms: int) -> int:
+    """The oldest created time a read may ask for: Stripe keeps events 30 days."""
+    edge = now_ms() - RETENTION_MS + RETENTION_MARGIN_MS
+    return edge - edge % granularity_ms + granularity_ms
+
+
+def oldest_first(events: Sequence[T_Timed]) -> list[T_Timed]:
+    """Newest-first list order (Stripe's) to publishing order: oldest first by (created,
+    position in the list, reversed); events of one second keep Stripe's order."""
+    out = list(reversed(events))
+    out.sort(key=lambda e: e.created_ms)  # stable
+    return out
 
 
 @dataclass(slots=True)
@@ -129,7 +144,18 @@ class CommitQueue:
 
 @dataclass(slots=True)
 class RunOutcome:
+    """What a run leaves for the exit code: windows really lost, streams parked."""
+
     lost_windows: list[tuple[str, int, int]] = field(default_factory=list)
+    parked: dict[str, str] = field(default_factory=dict)
+
+    def lose(self, stream: str, lo_ms: int, hi_ms: int) -> bool:
+        """Records a lost window once; False if it (or one covering it) was recorded."""
+        for key, lo, hi in self.lost_windows:
+            if key == stream and lo <= lo_ms and hi_ms <= hi:
+                return False
+        self.lost_windows.append((stream, lo_ms, hi_ms))
+        return True
 
 
 class Pipeline:
@@ -164,7 +190,6 @@ class Pipeline:
         self.sweep_budget = client.budget.share(config.tail.sweep_budget_share)
         self.gap = GapAlarm(config.alarms.gap_threshold_seconds)
         self.runtimes: dict[Stream, StreamState] = {}
-        self._locks: dict[Stream, asyncio.Lock] = {}
         self.restored = False  # Kafka answered this generation's state restore
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -183,7 +208,7 @@ class Pipeline:
         self.readiness.mark_restored()
         for p in self.streams:
             self.runtimes[p] = restored.get(p) or StreamState(p)
-            self._locks[p] = asyncio.Lock()
+        self.readiness.streams = len(self.streams)
         log.info(
             "state restored",
             streams=[p.key for p in self.streams],
@@ -210,7 +235,7 @@ class Pipeline:
     async def _intake(self) -> None:
         async with asyncio.TaskGroup() as tg:
             for rt in self.runtimes.values():
-                tg.create_task(self._read_stream(rt))
+                tg.create_task(self._supervise(rt))
 
     # --- commit -----------------------------------------------------------------------------
 
@@ -268,14 +293,47 @@ class Pipeline:
 
     # --- streams ----------------------------------------------------------------------------
 
-    def _granularity(self, p: Stream) -> int:
-        # v1 `created` is whole seconds; v2 carries milliseconds.
-        return 1000 if p.api == "v1" else 1
+    async def _supervise(self, rt: StreamState) -> None:
+        """Reads one stream; parks it, without touching the others, on an error that
+        retrying cannot fix (a connected account that revoked access: 401/403).
+
+        A parked stream logs one error, sets `ingestor_stream_parked`, shows in /readyz's
+        detail and is tried again every `alarms.parked_retry_seconds`; `--once` finishes the
+        other streams and exits 1.
+        """
+        key = rt.stream.key
+        structlog.contextvars.bind_contextvars(stream=key)
+        while True:
+            try:
+                await self._read_stream(rt)
+                return
+            except (IngestorError, BaseExceptionGroup) as raised:
+                exc = _unwrap(raised)
+                if not isinstance(exc, IngestorError) or exc.retriable:
+                    raise
+                if key not in self.outcome.parked:
+                    log.error(
+                        "stream parked: an error retrying cannot fix; other streams go on",
+                        error=str(exc),
+                        kind=type(exc).__name__,
+                        retry_in_s=self.cfg.alarms.parked_retry_seconds,
+                    )
+                self.outcome.parked[key] = f"{type(exc).__name__}: {exc}"
+                self.readiness.park(key, self.outcome.parked[key])
+                metrics.STREAM_PARKED.labels(stream=key).set(1)
+                if self.once:
+                    return
+            await asyncio.sleep(self.cfg.alarms.parked_retry_seconds)
+
+    def _unpark(self, rt: StreamState) -> None:
+        key = rt.stream.key
+        if self.outcome.parked.pop(key, None) is not None:
+            log.info("stream unparked: reads succeed again")
+            self.readiness.unpark(key)
+            metrics.STREAM_PARKED.labels(stream=key).set(0)
 
     async def _read_stream(self, rt: StreamState) -> None:
-        p = rt.stream
-        structlog.contextvars.bind_contextvars(stream=p.key)
-        g = self._granularity(p)
+        g = rt.granularity_ms
         now = now_ms()
         if rt.tail_start_ms is None:
             start = now - now % g
@@ -287,8 +345,14 @@ class Pipeline:
                 back = int(self.cfg.tail.sweep_window_seconds * 1000)
                 start = start - back - (start - back) % g
             rt.set_tail_start(start)
+        elif rt.sweep_lo_ms is None and rt.watermark_ms is not None:
+            # A head written before sweep bounds were kept: sweep a window behind where the
+            # stop began, as a sweep then would have.
+            rt.set_sweep_lo(rt.watermark_ms - int(self.cfg.tail.sweep_window_seconds * 1000))
         if self.backfill:
             self._plan_backfill(rt, now)
+        # Before anything is read past it: a stream not read through for 30 days lost events.
+        self._check_read_through(rt, now)
         # Persist the tail start at once: events created after it must never be skipped,
         # even if this process dies before its first event arrives.
         await self._enqueue(rt, [], "tail")
@@ -300,11 +364,25 @@ class Pipeline:
                     tg.create_task(tail.run())
                 return
             await self._run_backfill(rt)
-        await self._read_gap(rt, CATCH_UP_MIN_GAP_MS)
+
+        async def catch_up() -> None:
+            await self._read_gap(rt, CATCH_UP_MIN_GAP_MS)
+
         if self.once:
-            await _retrying(tail.run_once, "catch-up")
+            await tail.run_once(catch_up)
         else:
-            await tail.run()
+            await tail.run(catch_up)
+
+    def _check_read_through(self, rt: StreamState, now: int) -> None:
+        """Raises the gap alarm and reports a lost window from the time the stream was last
+        read through (not its newest event: a quiet stream is healthy)."""
+        read_through = rt.read_through_ms
+        if read_through is None:
+            read_through = rt.watermark_ms if rt.backfill is None else rt.tail_start_ms
+        if read_through is None:
+            return
+        self.gap.check(rt.stream.key, read_through, now)
+        self._check_retention(rt, read_through, now, "tail")
 
     async def _read_gap(self, rt: StreamState, min_gap_ms: int) -> tuple[int, int] | None:
         """Reads from the watermark (less the overlap) up to the last whole second in parallel
@@ -317,13 +395,11 @@ class Pipeline:
         with bounded buffering, deduped against the seen window. Events that turn up late
         behind it are caught by the next poll's overlap and by the sweep.
         """
-        assert rt.tail_start_ms is not None
-        assert rt.watermark_ms is not None
-        g = self._granularity(rt.stream)
-        overlap = int(self.cfg.tail.overlap_seconds * 1000)
-        lo = max(rt.tail_start_ms, rt.watermark_ms - overlap)
+        g = rt.granularity_ms
+        started = now_ms()
+        lo = max(rt.poll_lo(int(self.cfg.tail.overlap_seconds * 1000)), _retention_floor(g))
         # The current second may still be filling (v1 has whole seconds): stop before it.
-        hi = now_ms() - 1000
+        hi = started - 1000
         hi -= hi % g
         if hi - lo < min_gap_ms:
             return None
@@ -334,23 +410,25 @@ class Pipeline:
         async def emit(s: Slice[Routed]) -> None:
             read = s.events or []
             newest = max((i.created_ms for i in read), default=None)
-            # Checked again under the stream's lock: a sweep running meanwhile may have
-            # published some of these since the slice was fetched.
-            async with self._locks[rt.stream]:
-                items = [i for i in read if not rt.seen.seen(i.id)]
-                if len(items) < len(read):
-                    skipped = len(read) - len(items)
-                    metrics.DUPLICATES_SKIPPED.labels(source=rt.stream.api).inc(skipped)
-                await self._enqueue(rt, items, "tail", items, newest)
+            # Checked again: a sweep running meanwhile may have published or taken some of
+            # these since the slice was fetched.
+            items = [i for i in read if rt.is_new(i)]
+            if len(items) < len(read):
+                skipped = len(read) - len(items)
+                metrics.DUPLICATES_SKIPPED.labels(source=rt.stream.api).inc(skipped)
+            await self._enqueue(rt, items, "tail", items, newest)
 
-        stats = await self._read_sliced(rt, lo, hi, "tail", emit)
+        with rt.reading(lo):
+            stats = await self._read_sliced(rt, lo, hi, "tail", emit)
+        rt.set_read_through(started - 1000)
+        self._unpark(rt)
         (log.info if min_gap_ms >= CATCH_UP_MIN_GAP_MS else log.debug)(
             "caught up", events=stats.events, pages=stats.pages, splits=stats.splits
         )
         return stats.events, stats.pages
 
     def _plan_backfill(self, rt: StreamState, now: int) -> None:
-        g = self._granularity(rt.stream)
+        g = rt.granularity_ms
         assert rt.tail_start_ms is not None
         since_ms = parse_since(self.since or self.cfg.backfill.since, now)
         edge = now - RETENTION_MS + RETENTION_MARGIN_MS
@@ -383,8 +461,11 @@ class Pipeline:
         if cursor_ms >= edge:
             return cursor_ms
         p = rt.stream
+        if what == "backfill" and rt.backfill is not None:
+            rt.advance_backfill(edge - edge % rt.granularity_ms)
+        if not self.outcome.lose(p.key, cursor_ms, edge):
+            return edge
         metrics.CURSOR_EXPIRED.labels(stream=p.key).inc()
-        self.outcome.lost_windows.append((p.key, cursor_ms, edge))
         log.error(
             "cursor aged out of Stripe's 30-day retention: events in the window are lost",
             what=what,
@@ -393,31 +474,29 @@ class Pipeline:
             recover="re-read the affected objects with Stripe's list endpoints or a Sigma export "
             "for that window; the ingestor resumes at the retention edge",
         )
-        if what == "backfill" and rt.backfill is not None:
-            rt.advance_backfill(edge - edge % self._granularity(p))
         return edge
 
     def _make_tail(self, rt: StreamState) -> Tail:
-        assert rt.tail_start_ms is not None
         p = rt.stream
 
-        def watermark() -> int:
-            assert rt.watermark_ms is not None
-            now = now_ms()
-            self.gap.check(p.key, rt.watermark_ms, now)
-            return self._check_retention(rt, rt.watermark_ms, now, "tail")
+        def poll_ok() -> None:
+            self.readiness.mark_poll_ok()
+            self._unpark(rt)
+            if rt.read_through_ms is not None:
+                self.gap.check(p.key, rt.read_through_ms, now_ms())
 
         async def accept(events: list[Event], newest: int | None) -> int:
             return await self._accept(rt, events, newest)
 
         return Tail(
+            rt,
             lambda lo, hi, extra: self._read_window(p, lo, hi, extra),
             accept,
             self.cfg.tail,
-            watermark=watermark,
-            tail_start_ms=rt.tail_start_ms,
             sweep_budget=self.sweep_budget,
-            on_poll_ok=self.readiness.mark_poll_ok,
+            on_poll_ok=poll_ok,
+            clock_ms=now_ms,
+            floor_ms=lambda: _retention_floor(rt.granularity_ms),
             read_gap=lambda: self._read_gap(rt, BUSY_GAP_MIN_MS),
         )
 
@@ -449,8 +528,7 @@ class Pipeline:
     # --- turning events into batches --------------------------------------------------------
 
     async def _prepare(self, events: list[Event], mode: IngestMode) -> list[Routed]:
-        """Hydrates thin events and routes every event to its records, oldest first."""
-        events = sorted(events, key=lambda e: e.created_ms)
+        """Hydrates thin events and routes every event to its records, in the order given."""
         hydrations: list[Hydration | None]
         if events and events[0].api == "v2":
             hydrations = list(await self.hydrator.hydrate_all(events))
@@ -480,16 +558,24 @@ class Pipeline:
         return out
 
     async def _accept(self, rt: StreamState, events: list[Event], newest: int | None) -> int:
-        """Tail intake: drop what is already published or not the tail's, publish the rest."""
-        async with self._locks[rt.stream]:
-            assert rt.tail_start_ms is not None
-            fresh, dups = rt.filter_new(events)
-            if dups:
-                metrics.DUPLICATES_SKIPPED.labels(source=rt.stream.api).inc(dups)
-            fresh = [e for e in fresh if e.created_ms >= rt.tail_start_ms]
+        """Tail intake: drop what is already published or not the tail's, publish the rest.
+
+        `events` come newest first, as Stripe lists them; they are queued oldest first by
+        (created, list position). No lock: the ids are taken (`claim`) before hydration, so a
+        concurrent reader of the stream skips them and a slow hydration holds nobody else.
+        """
+        assert rt.tail_start_ms is not None
+        start = rt.tail_start_ms
+        fresh, dups = rt.claim(e for e in events if e.created_ms >= start)
+        if dups:
+            metrics.DUPLICATES_SKIPPED.labels(source=rt.stream.api).inc(dups)
+        try:
+            fresh = oldest_first(fresh)
             items = await self._prepare(fresh, "tail")
             await self._enqueue(rt, items, "tail", fresh, newest)
-            return len(fresh)
+        finally:
+            rt.release(fresh)  # a no-op for what was queued (queueing marks it seen)
+        return len(fresh)
 
     async def _enqueue(
         self,
@@ -509,8 +595,8 @@ class Pipeline:
                 rt.advance_watermark(newest)
             if backfill_cursor is not None:
                 rt.advance_backfill(backfill_cursor)
-            if rt.watermark_ms is not None:
-                rt.prune(min(rt.watermark_ms - overlap, now_ms() - sweep) - overlap)
+            if rt.tail_start_ms is not None:
+                rt.prune(rt.prune_horizon(overlap, sweep))
             state = rt.snapshot()
             if not items and not state:
                 return None
@@ -532,7 +618,7 @@ class Pipeline:
     ) -> BackfillStats:
         """Reads [lo, hi) in concurrent slices and hands them to `emit` oldest first."""
         p = rt.stream
-        g = self._granularity(p)
+        g = rt.granularity_ms
         b = self.cfg.backfill
         # Enough initial slices to use the concurrency at once, none wider than slice_seconds.
         width = max(g, min(b.slice_seconds * 1000, -(-(hi - lo) // b.concurrency)))
@@ -739,8 +825,11 @@ async def serve(
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
                             await stop.wait()
-    if outcome.lost_windows:
-        return EXIT_DATA_LOST if once else EXIT_OK
+    if once and outcome.lost_windows:
+        return EXIT_DATA_LOST
+    if once and outcome.parked:
+        log.error("streams parked; their events were not read", parked=outcome.parked)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

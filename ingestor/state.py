@@ -51,6 +51,13 @@ class Head:
     watermark_ms: int | None = None
     backfill: BackfillProgress | None = None
     buckets: dict[int, int] = field(default_factory=dict)  # bucket start -> chunk count
+    # Wall time of the start of the last complete read of the stream's newest events: the
+    # time it is *read through* (alarms use this, not the newest event, which a quiet stream
+    # never advances).
+    read_through_ms: int | None = None
+    # Lower bound of the next sweep (the previous sweep's start less the sweep window): no
+    # id at or above it may leave the seen window, and a restart sweeps from here.
+    sweep_lo_ms: int | None = None
 
 
 def head_key(stream: Stream) -> bytes:
@@ -78,6 +85,8 @@ def encode_head(head: Head) -> bytes:
             if bf is None
             else {"start_ms": bf.start_ms, "end_ms": bf.end_ms, "cursor_ms": bf.cursor_ms},
             "buckets": {str(b): n for b, n in sorted(head.buckets.items())},
+            "read_through_ms": head.read_through_ms,
+            "sweep_lo_ms": head.sweep_lo_ms,
         }
     )
 
@@ -105,6 +114,9 @@ def decode_head(key: bytes, value: bytes) -> Head:
             if bf is None
             else BackfillProgress(_int(bf["start_ms"]), _int(bf["end_ms"]), _int(bf["cursor_ms"])),
             buckets={int(b): _int(n) for b, n in raw["buckets"].items()},
+            # Absent in heads written before they existed: unknown, so derived conservatively.
+            read_through_ms=_opt_int(raw.get("read_through_ms")),
+            sweep_lo_ms=_opt_int(raw.get("sweep_lo_ms")),
         )
     except StateCorrupt:
         raise

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 from ingestor import state
@@ -14,6 +16,9 @@ from ingestor.state import BackfillProgress, Entry, Head
 # it touched and a pruned bucket becomes tombstones: state records stay small however high
 # the event rate, and the seen set is bounded by rate x window, never by history.
 BUCKET_MS = 10_000
+# How far the persisted read-through time may lag the live one: alarms work in days, and
+# persisting it on every poll would cost a Kafka transaction per stream per second.
+READ_THROUGH_PERSIST_MS = 60_000
 
 __all__ = ["BUCKET_MS", "BackfillProgress", "Seen", "StreamState"]
 
@@ -44,6 +49,11 @@ class StreamState:
         self._dirty: set[int] = set()
         self._dropped: dict[int, int] = {}
         self._head_dirty = True
+        # In memory only: the lower bound of every read in flight, and the ids a reader has
+        # taken to publish but not yet queued (a concurrent reader of the stream skips them).
+        self._reads: dict[int, int] = {}
+        self._read_ids = itertools.count()
+        self._pending: set[str] = set()
 
     # --- read access ------------------------------------------------------------------------
 
@@ -67,6 +77,19 @@ class StreamState:
     def seq(self) -> int:
         return self.head.seq
 
+    @property
+    def read_through_ms(self) -> int | None:
+        return self.head.read_through_ms
+
+    @property
+    def sweep_lo_ms(self) -> int | None:
+        return self.head.sweep_lo_ms
+
+    @property
+    def granularity_ms(self) -> int:
+        """The unit of `created`: whole seconds in v1, milliseconds in v2."""
+        return 1000 if self.stream.api == "v1" else 1
+
     def chunk_key(self, bucket: int, chunk: int) -> bytes:
         return state.chunk_key(self.stream, bucket, chunk)
 
@@ -76,9 +99,30 @@ class StreamState:
         return self.seen.filter_new(events)
 
     def mark(self, events: Iterable[Seen]) -> None:
+        """Records events as published (they are being queued with this state)."""
         for event in events:
+            self._pending.discard(event.id)
             if not self.seen.seen(event.id):
                 self._remember(event.id, event.created_ms)
+
+    def claim(self, events: Iterable[Event]) -> tuple[list[Event], int]:
+        """Like `filter_new`, also skipping ids another reader holds, and holds the fresh ones.
+
+        The holder either queues them (`mark` releases) or fails, and a failed read is read
+        again, so a skipped id is never lost; `release` drops what was held but not queued.
+        """
+        fresh, dups = self.seen.filter_new(events)
+        held = [e for e in fresh if e.id not in self._pending]
+        self._pending.update(e.id for e in held)
+        return held, dups + len(fresh) - len(held)
+
+    def release(self, events: Iterable[Seen]) -> None:
+        for event in events:
+            self._pending.discard(event.id)
+
+    def is_new(self, event: Seen) -> bool:
+        """Neither published nor held by a reader."""
+        return not self.seen.seen(event.id) and event.id not in self._pending
 
     def _remember(self, event_id: str, created_ms: int) -> None:
         self.seen.add(event_id, created_ms)
@@ -95,6 +139,8 @@ class StreamState:
         self.head.tail_start_ms = ms
         if self.head.watermark_ms is None:
             self.head.watermark_ms = ms
+        if self.head.sweep_lo_ms is None:
+            self.head.sweep_lo_ms = ms
         self._head_dirty = True
 
     def set_backfill(self, progress: BackfillProgress | None) -> None:
@@ -107,6 +153,82 @@ class StreamState:
             raise ValueError(f"{self.stream}: no backfill to advance")
         bf.cursor_ms = max(bf.cursor_ms, cursor_ms)
         self._head_dirty = True
+
+    # --- read bounds ------------------------------------------------------------------------
+    # The invariant that makes re-reads exact: an id may leave the seen window only when no
+    # read that is running or still to come can return it. Every read registers its lower
+    # bound while it runs, and the next poll and the next sweep have theirs here, so
+    # `prune_horizon` is the oldest of them: never "now" less a window.
+
+    def poll_lo(self, overlap_ms: int) -> int:
+        """Lower bound of the next poll: the overlap behind the newest event seen."""
+        assert self.head.tail_start_ms is not None
+        wm = self.head.watermark_ms
+        lo = (
+            self.head.tail_start_ms if wm is None else max(self.head.tail_start_ms, wm - overlap_ms)
+        )
+        return lo - lo % self.granularity_ms
+
+    def sweep_bounds(
+        self, overlap_ms: int, window_ms: int, hi_cap: int | None = None
+    ) -> tuple[int, int]:
+        """[lo, hi) of the next sweep: from where the last one left its lower bound (so a
+        long sweep or a stop never skips a late event) up to the poll window.
+
+        Bounded at twice the window back from its upper end: past event rates where one
+        sweep of the window takes longer than the window, coverage of lateness degrades to
+        that instead of each sweep growing without bound.
+        """
+        assert self.head.tail_start_ms is not None
+        hi = self.poll_lo(overlap_ms)
+        if hi_cap is not None:
+            hi = min(hi, hi_cap)
+        lo = self.head.sweep_lo_ms
+        if lo is None:
+            lo = hi - window_ms
+        lo = max(lo, self.head.tail_start_ms, hi - 2 * window_ms)
+        return lo - lo % self.granularity_ms, hi
+
+    def set_sweep_lo(self, lo_ms: int) -> None:
+        """Moves the next sweep's lower bound forward (never back)."""
+        assert self.head.tail_start_ms is not None
+        lo = max(lo_ms, self.head.tail_start_ms)
+        if self.head.sweep_lo_ms is None or lo > self.head.sweep_lo_ms:
+            self.head.sweep_lo_ms = lo
+            self._head_dirty = True
+
+    def set_read_through(self, started_ms: int) -> None:
+        """A read that began at `started_ms` (wall time) has returned the newest events and
+        they are queued: the stream is read through that time."""
+        old = self.head.read_through_ms
+        if old is not None and started_ms <= old:
+            return
+        self.head.read_through_ms = started_ms
+        # Otherwise it rides along with the next head record written for another reason.
+        if old is None or started_ms - old >= READ_THROUGH_PERSIST_MS:
+            self._head_dirty = True
+
+    @contextlib.contextmanager
+    def reading(self, lo_ms: int) -> Iterator[None]:
+        """Registers a read of [lo_ms, ...) for as long as it runs."""
+        token = next(self._read_ids)
+        self._reads[token] = lo_ms
+        try:
+            yield
+        finally:
+            del self._reads[token]
+
+    def prune_horizon(self, overlap_ms: int, window_ms: int) -> int:
+        """The oldest created time any running or future read can still return
+        (`window_ms` 0: no sweeps, so the next sweep's bound holds nothing back)."""
+        bounds = list(self._reads.values())
+        if self.head.tail_start_ms is not None:
+            bounds.append(self.poll_lo(overlap_ms))
+        if self.head.sweep_lo_ms is not None and window_ms > 0:
+            bounds.append(self.head.sweep_lo_ms)
+        if not bounds:
+            return 0
+        return min(bounds) - self.granularity_ms
 
     def prune(self, older_than_ms: int) -> None:
         """Forgets seen ids in buckets wholly older than `older_than_ms`."""

@@ -1,10 +1,11 @@
-"""Live tail of one stream: adaptive polls of a trailing window plus a slow sweep."""
+"""Live tail of one stream: adaptive polls of a trailing window plus a slow sweep for late ones."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import structlog
 
@@ -13,14 +14,16 @@ from ingestor.config import TailConfig
 from ingestor.errors import IngestorError
 from ingestor.events import Event
 from ingestor.ratelimit import RateBudget
+from ingestor.stream import StreamState
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 ReadWindow = Callable[[int, int | None, Sequence[RateBudget]], AsyncIterator[list[Event]]]
 """read(lo_ms, hi_ms or None, extra budgets) yields pages (newest first) of events in the window."""
 
 Accept = Callable[[list[Event], int | None], Awaitable[int]]
-"""accept(events read, newest created seen) publishes the new ones; returns how many were new."""
+"""accept(events read, newest first; newest created seen) queues the new ones; returns how many."""
 
 
 def _now_ms() -> int:
@@ -36,34 +39,42 @@ class Tail:
     sub-budget (a share of the shared rate), so its cost at high event rates stretches its
     period instead of starving the polls. A poll's cost is rate x (overlap + interval), never
     rate x sweep window.
+
+    Each sweep starts where the previous one left the stream's sweep bound (its start less
+    the window), which the state topic keeps: an event visible up to a window late is read
+    by the first sweep that starts after it appeared, however long a sweep or a stop lasted.
+    After a restart the first sweep reads what the last one before the stop still owed, up to
+    where the stop began; the catch-up read everything after that as of the restart.
     """
 
     def __init__(
         self,
+        rt: StreamState,
         read: ReadWindow,
         accept: Accept,
         config: TailConfig,
         *,
-        watermark: Callable[[], int],
-        tail_start_ms: int,
         sweep_budget: RateBudget | None,
         page_size: int = 100,
         on_poll_ok: Callable[[], None] = lambda: None,
         clock_ms: Callable[[], int] = _now_ms,
+        floor_ms: Callable[[], int] = lambda: 0,
         read_gap: Callable[[], Awaitable[tuple[int, int] | None]] | None = None,
         busy_pages: int = 10,
     ) -> None:
+        self._rt = rt
         self._read = read
         self._accept = accept
         self._cfg = config
-        self._watermark = watermark
-        self._tail_start_ms = tail_start_ms
         self._sweep_budget = sweep_budget
         self._page_size = page_size
         self._on_poll_ok = on_poll_ok
         self._clock_ms = clock_ms
+        self._floor_ms = floor_ms
         self._read_gap = read_gap
         self._busy_pages = busy_pages
+        self._overlap_ms = int(config.overlap_seconds * 1000)
+        self._window_ms = int(config.sweep_window_seconds * 1000)
         self._busy = False
         self.polls = 0
         self.sweeps = 0
@@ -85,31 +96,44 @@ class Tail:
                 self.polls += 1
                 self._on_poll_ok()
                 return new
-        lo = max(self._tail_start_ms, self._watermark() - int(self._cfg.overlap_seconds * 1000))
-        events, newest, pages = await self._collect(lo, None, ())
+        started = self._clock_ms()
+        lo = max(self._rt.poll_lo(self._overlap_ms), self._floor_ms())
+        with self._rt.reading(lo):
+            events, newest, pages = await self._collect(lo, None, ())
+            new = await self._accept(events, newest)
+        self._rt.set_read_through(started)
         self._busy = pages >= self._busy_pages
-        new = await self._accept(events, newest)
         self.polls += 1
         self._on_poll_ok()
         return new
 
-    async def sweep(self) -> int:
-        """One pass over the sweep window behind the poll window; returns how many were new."""
-        now = self._clock_ms()
-        lo = max(self._tail_start_ms, now - int(self._cfg.sweep_window_seconds * 1000))
-        hi = self._watermark() - int(self._cfg.overlap_seconds * 1000)
-        if hi <= lo:
-            return 0
-        extra = (self._sweep_budget,) if self._sweep_budget is not None else ()
+    async def sweep(self, hi_cap: int | None = None, *, shared: bool = True) -> tuple[int, int]:
+        """One pass over the sweep window; returns (new events, the wall time it started).
+
+        `hi_cap` stops it below where a restart's catch-up begins; `shared=False` lets it use
+        the whole budget (nothing else is reading: `--once`).
+        """
+        started = self._clock_ms()
+        lo, hi = self._rt.sweep_bounds(self._overlap_ms, self._window_ms, hi_cap)
+        lo = max(lo, self._floor_ms())
         new = 0
-        # Page by page: at high rates the window is large, and what a sweep finds is late
-        # events, which are already out of order; nothing is gained by holding the window.
-        async for page in self._read(lo, hi, extra):
-            new += await self._accept(page, None)
+        if hi > lo:
+            extra = (self._sweep_budget,) if shared and self._sweep_budget is not None else ()
+            # Page by page: at high rates the window is large, and what a sweep finds is late
+            # events, which are already out of order; nothing is gained by holding the window.
+            with self._rt.reading(lo):
+                async for page in self._read(lo, hi, extra):
+                    new += await self._accept(page, None)
         self.sweeps += 1
         if new:
             log.info("sweep found late events", new=new, window_s=round((hi - lo) / 1000, 1))
-        return new
+        metrics.SWEEP_WINDOW.labels(stream=self._rt.stream.key).set(max(0, hi - lo) / 1000)
+        return new, started
+
+    async def _finish_sweep(self, started_ms: int) -> None:
+        """Moves the next sweep's bound to `started_ms` less the window, and persists it."""
+        self._rt.set_sweep_lo(started_ms - self._window_ms)
+        await self._accept([], None)
 
     async def _collect(
         self, lo: int, hi: int | None, extra: Sequence[RateBudget]
@@ -122,54 +146,68 @@ class Tail:
         newest = max((e.created_ms for e in events), default=None)
         return events, newest, pages
 
-    async def run_once(self) -> None:
-        """Polls until a poll brings less than a page of new events, then sweeps once."""
-        while await self.poll() >= self._page_size:
+    async def run_once(self, catch_up: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Catches up, polls until a poll brings less than a page, then does the restart
+        sweep (at the whole budget: nothing else reads) and records its bound."""
+        began = self._clock_ms()
+        restart_hi = self._rt.poll_lo(self._overlap_ms)
+        if catch_up is not None:
+            await _retrying(catch_up, "catch-up")
+        while await _retrying(self.poll, "poll") >= self._page_size:
             pass
-        if self._cfg.sweep_window_seconds > 0:
-            await self.sweep()
+        if self._window_ms > 0:
+            _, started = await _retrying(lambda: self.sweep(restart_hi, shared=False), "sweep")
+            await self._finish_sweep(min(started, began))
 
-    async def run(self) -> None:
-        """Polls and sweeps until cancelled (cancellation is how intake stops)."""
+    async def run(self, catch_up: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Catches up, then polls and sweeps until cancelled (cancellation stops intake)."""
+        began = self._clock_ms()
+        # Read before the catch-up moves the watermark: where the stop began.
+        restart_hi = self._rt.poll_lo(self._overlap_ms)
+        caught_up = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
+            if self._window_ms > 0:
+                tg.create_task(self._sweep_loop(restart_hi, began, caught_up))
+            if catch_up is not None:
+                await _retrying(catch_up, "catch-up")
+            caught_up.set()
             tg.create_task(self._poll_loop())
-            if self._cfg.sweep_window_seconds > 0:
-                tg.create_task(self._sweep_loop())
 
     async def _poll_loop(self) -> None:
-        failures = 0
         while True:
-            try:
-                new = await self.poll()
-                failures = 0
-            except IngestorError as exc:
-                failures = await _back_off(exc, failures, "poll")
-                continue
+            new = await _retrying(self.poll, "poll")
             # Adaptive: a full page of news means more is probably waiting; ask again now.
             if new < self._page_size:
                 await asyncio.sleep(self._cfg.poll_interval)
 
-    async def _sweep_loop(self) -> None:
-        failures = 0
+    async def _sweep_loop(self, restart_hi: int, began: int, caught_up: asyncio.Event) -> None:
+        loop_time = asyncio.get_running_loop().time
+        t0 = loop_time()
+        _, started = await _retrying(lambda: self.sweep(restart_hi), "sweep")
+        # The next sweep may start above the restart's range only once the catch-up, which
+        # read everything after it as of `began`, is done.
+        await caught_up.wait()
+        await self._finish_sweep(min(started, began))
         while True:
-            started = time.monotonic()
-            try:
-                await self.sweep()
-                failures = 0
-            except IngestorError as exc:
-                failures = await _back_off(exc, failures, "sweep")
-                continue
-            rest = self._cfg.sweep_interval_seconds - (time.monotonic() - started)
+            rest = self._cfg.sweep_interval_seconds - (loop_time() - t0)
             await asyncio.sleep(max(rest, self._cfg.poll_interval))
+            t0 = loop_time()
+            _, started = await _retrying(self.sweep, "sweep")
+            await self._finish_sweep(started)
 
 
-async def _back_off(exc: IngestorError, failures: int, what: str) -> int:
-    """Waits before retrying a failed poll (the client already retried each request);
+async def _retrying(fn: Callable[[], Awaitable[T]], what: str) -> T:
+    """Re-runs `fn` after retriable failures (the client already retried each request);
     re-raises what retrying cannot fix, such as a revoked key."""
-    metrics.ERRORS.labels(kind=type(exc).__name__).inc()
-    if not exc.retriable:
-        raise exc
-    delay = min(30.0, 0.5 * 2**failures)
-    log.warning(f"{what} failed; retrying", error=str(exc), retry_in_s=delay)
-    await asyncio.sleep(delay)
-    return failures + 1
+    failures = 0
+    while True:
+        try:
+            return await fn()
+        except IngestorError as exc:
+            metrics.ERRORS.labels(kind=type(exc).__name__).inc()
+            if not exc.retriable:
+                raise
+            delay = min(30.0, 0.5 * 2**failures)
+            log.warning(f"{what} failed; retrying", error=str(exc), retry_in_s=delay)
+            failures += 1
+            await asyncio.sleep(delay)

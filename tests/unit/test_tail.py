@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 from ingestor.config import TailConfig
-from ingestor.events import Event
+from ingestor.events import Event, Stream
 from ingestor.ratelimit import RateBudget
+from ingestor.stream import StreamState
 from ingestor.tail import Tail
 
 NOW = 1_000_000_000
@@ -17,7 +18,8 @@ def ev(i: int, created_ms: int) -> Event:
 
 
 class Fake:
-    """A scripted source: each read yields the queued pages and records its window."""
+    """A scripted source: each read yields the queued pages and records its window; accepted
+    events are marked in a real StreamState, as the pipeline's queueing does."""
 
     def __init__(self) -> None:
         self.pages: list[list[list[Event]]] = []
@@ -25,7 +27,11 @@ class Fake:
         self.accepted: list[tuple[int, int | None]] = []
         self.gap_results: list[tuple[int, int] | None] = []
         self.gap_calls = 0
-        self.watermark = NOW - 60_000
+        self.rt = StreamState(Stream("v1", None))
+        self.rt.set_tail_start(NOW - 3_600_000)
+        self.rt.advance_watermark(NOW - 60_000)
+        self.rt.set_sweep_lo(NOW - 600_000)
+        self.now = NOW
 
     async def read(
         self, lo: int, hi: int | None, extra: Sequence[RateBudget]
@@ -36,9 +42,11 @@ class Fake:
 
     async def accept(self, events: list[Event], newest: int | None) -> int:
         self.accepted.append((len(events), newest))
+        fresh, _ = self.rt.claim(events)
+        self.rt.mark(fresh)
         if newest is not None:
-            self.watermark = max(self.watermark, newest)
-        return len(events)
+            self.rt.advance_watermark(newest)
+        return len(fresh)
 
     async def read_gap(self) -> tuple[int, int] | None:
         self.gap_calls += 1
@@ -47,14 +55,13 @@ class Fake:
     def tail(self) -> Tail:
         cfg = TailConfig(overlap_seconds=5, sweep_window_seconds=600)
         return Tail(
+            self.rt,
             self.read,
             self.accept,
             cfg,
-            watermark=lambda: self.watermark,
-            tail_start_ms=NOW - 3_600_000,
             sweep_budget=RateBudget(10),
             page_size=2,
-            clock_ms=lambda: NOW,
+            clock_ms=lambda: self.now,
             read_gap=self.read_gap,
             busy_pages=3,
         )
@@ -88,7 +95,7 @@ async def test_a_busy_poll_hands_the_next_window_to_the_sliced_reader() -> None:
 
 async def test_a_gap_too_small_to_slice_falls_back_to_the_sequential_poll() -> None:
     f = Fake()
-    f.pages = [pages(3), pages(1)]
+    f.pages = [pages(3), pages(1, 100)]
     f.gap_results = [None]
     t = f.tail()
     await t.poll()
@@ -99,10 +106,10 @@ async def test_a_gap_too_small_to_slice_falls_back_to_the_sequential_poll() -> N
 
 async def test_a_sweep_reads_behind_the_poll_window_under_its_budget_page_by_page() -> None:
     f = Fake()
-    f.watermark = NOW - 1_000
+    f.rt.advance_watermark(NOW - 1_000)
     f.pages = [pages(3)]
     t = f.tail()
-    assert await t.sweep() == 6
+    assert await t.sweep() == (6, NOW)
     assert f.windows == [(NOW - 600_000, NOW - 1_000 - 5_000, 1)]
     assert f.accepted == [(2, None), (2, None), (2, None)]
 
@@ -114,3 +121,46 @@ async def test_run_once_polls_until_caught_up_then_sweeps_once() -> None:
     await t.run_once()
     assert t.polls == 3  # 4 new, 2 new, then 1 new (< a page): caught up
     assert t.sweeps == 1
+    # The sweep covered what the last one owed up to where this run began, at the whole
+    # budget, and left the next one's bound a window behind this run's start.
+    assert f.windows[-1] == (NOW - 600_000, NOW - 60_000 - 5_000, 0)
+    assert f.rt.sweep_lo_ms == NOW - 600_000
+
+
+async def test_a_sweep_starts_where_the_last_left_its_bound_however_long_it_took() -> None:
+    """Finding 2: the next sweep's lower bound is the previous sweep's start less the window,
+    kept in the stream state, not `now - window`: a sweep (or a stop) longer than the window
+    cannot skip a late event."""
+    f = Fake()
+    f.rt.advance_watermark(NOW - 1_000)
+    t = f.tail()
+    _, started = await t.sweep()
+    await t._finish_sweep(started)
+    assert f.rt.sweep_lo_ms == NOW - 600_000
+    f.now = NOW + 3_600_000  # the process was stopped for an hour
+    f.rt.advance_watermark(NOW + 3_600_000)
+    await t.sweep(hi_cap=NOW - 1_000 - 5_000)
+    assert f.windows[-1][0] == NOW - 600_000
+
+
+async def test_while_a_sweep_runs_its_range_survives_pruning() -> None:
+    """Finding 1: an id at or above a running read's lower bound never leaves the seen window,
+    however far the polls have moved on."""
+    f = Fake()
+    old = [ev(900 + i, NOW - 500_000 + i * 1000) for i in range(5)]
+    f.rt.mark(old)
+    seen_during_sweep: list[int] = []
+
+    async def read(
+        lo: int, hi: int | None, extra: Sequence[RateBudget]
+    ) -> AsyncIterator[list[Event]]:
+        # Meanwhile polls advance the watermark by 20 minutes and the pipeline prunes.
+        f.rt.advance_watermark(NOW + 1_200_000)
+        f.rt.prune(f.rt.prune_horizon(5_000, 600_000))
+        seen_during_sweep.append(sum(1 for e in old if not f.rt.is_new(e)))
+        yield list(reversed(old))
+
+    t = f.tail()
+    t._read = read
+    assert await t.sweep() == (0, NOW)
+    assert seen_during_sweep == [5]
