@@ -316,11 +316,12 @@ class HealthServer(AsyncResource):
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         reasons = await self._readiness.check()
-        parked = dict(self._readiness.parked)
+        body: dict[str, object] = {"ready": not reasons}
         if reasons:
-            body = {"ready": False, "reasons": reasons, "parked": parked}
-            return web.json_response(body, status=503)
-        return web.json_response({"ready": True, "parked": parked})
+            body["reasons"] = reasons
+        if self._readiness.parked:
+            body["parked"] = dict(self._readiness.parked)
+        return web.json_response(body, status=503 if reasons else 200)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         self._readiness.ready()  # refresh the READY gauge: poll age changes with time alone

@@ -285,8 +285,9 @@ def _truth_ms(t: dict[str, Any]) -> int:
 async def test_a_stored_tail_cursor_past_retention_is_reported_once_and_once_exits_3(
     bootstrap: str, topic_prefix: str
 ) -> None:
-    """A tail watermark left 31 days behind (the simulator's clock moved on) is reported once
-    with its exact window, counted, and the rerun still publishes the new events."""
+    """A stream last read through 31 days ago (the simulator's clock moved on) is reported
+    once, from the time it was read through, counted, and the rerun still publishes the new
+    events."""
     scenario = bursty(history_events=200, accounts=(), v2_share=0.0, history_bursts=0)
     async with SimServer(scenario, seed=25) as server:
         sim = server.sim
@@ -303,7 +304,8 @@ async def test_a_stored_tail_cursor_past_retention_is_reported_once_and_once_exi
     errors = [e for e in logs if e["event"].startswith("cursor aged out")]
     assert len(errors) == 1, errors
     assert errors[0]["what"] == "tail"
-    assert errors[0]["lost_from"] == head.watermark_ms
+    assert head.read_through_ms is not None
+    assert errors[0]["lost_from"] == head.read_through_ms
     assert expired("v1:platform") == before_metric + 1
     records = await wait_published(bootstrap, topic_prefix, set(fresh))
     ids = [headers(r)["event_id"] for r in records]
