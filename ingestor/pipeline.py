@@ -27,11 +27,13 @@ from ingestor.events import Event, Hydration, Record, Stream
 from ingestor.hydrate import Hydrator
 from ingestor.observe import GapAlarm, HealthServer, Readiness
 from ingestor.pages import fetch_object, v1_pages, v2_pages
+from ingestor.plan import lost_window, plan_backfill, retention_edge, retention_floor
+from ingestor.plan import read_through as plan_read_through
 from ingestor.progress import ProgressReporter
 from ingestor.ratelimit import RateBudget
 from ingestor.route import Router
 from ingestor.sink import Sink
-from ingestor.stream import BackfillProgress, Seen, StreamState
+from ingestor.stream import Seen, StreamState
 from ingestor.stripe_api import StripeClient
 from ingestor.tail import Tail
 from ingestor.timespec import parse_since
@@ -41,9 +43,6 @@ log = structlog.get_logger(__name__)
 IngestMode = Literal["tail", "backfill"]
 T = TypeVar("T")
 T_Timed = TypeVar("T_Timed", bound=Timed)
-RETENTION_MS = 30 * 86400 * 1000
-# Keep clear of the exact 30-day edge: a request built at the edge can age out in flight.
-RETENTION_MARGIN_MS = 5 * 60 * 1000
 # A tail more than this far behind catches up in parallel slices instead of one long poll.
 CATCH_UP_MIN_GAP_MS = 120_000
 # ...and a busy tail hands the gap that built up during its last poll to the slicer too.
@@ -59,8 +58,7 @@ def now_ms() -> int:
 
 def _retention_floor(granularity_ms: int) -> int:
     """The oldest created time a read may ask for: Stripe keeps events 30 days."""
-    edge = now_ms() - RETENTION_MS + RETENTION_MARGIN_MS
-    return edge - edge % granularity_ms + granularity_ms
+    return retention_floor(now_ms(), granularity_ms)
 
 
 def oldest_first(events: Sequence[T_Timed]) -> list[T_Timed]:
@@ -376,9 +374,9 @@ class Pipeline:
     def _check_read_through(self, rt: StreamState, now: int) -> None:
         """Raises the gap alarm and reports a lost window from the time the stream was last
         read through (not its newest event: a quiet stream is healthy)."""
-        read_through = rt.read_through_ms
-        if read_through is None:
-            read_through = rt.watermark_ms if rt.backfill is None else rt.tail_start_ms
+        read_through = plan_read_through(
+            rt.read_through_ms, rt.watermark_ms, rt.tail_start_ms, rt.backfill is not None
+        )
         if read_through is None:
             return
         self.gap.check(rt.stream.key, read_through, now)
@@ -428,43 +426,38 @@ class Pipeline:
         return stats.events, stats.pages
 
     def _plan_backfill(self, rt: StreamState, now: int) -> None:
-        g = rt.granularity_ms
         assert rt.tail_start_ms is not None
         since_ms = parse_since(self.since or self.cfg.backfill.since, now)
-        edge = now - RETENTION_MS + RETENTION_MARGIN_MS
-        if since_ms < edge:
-            # Asking for exactly 30 days (the default) only loses the safety margin: no warning.
-            if since_ms < now - RETENTION_MS:
-                log.warning(
-                    "backfill start clamped to Stripe's 30-day retention",
-                    requested=since_ms,
-                    clamped_to=edge,
-                )
-            since_ms = edge
-        since_ms -= since_ms % g
-        bf = rt.backfill
-        if bf is None:
-            end = rt.tail_start_ms
-            if since_ms < end:
-                rt.set_backfill(BackfillProgress(since_ms, end, since_ms))
-        elif bf.complete and since_ms < bf.start_ms:
-            # An earlier backfill covered [start, end); extend it further back only.
-            rt.set_backfill(BackfillProgress(since_ms, bf.start_ms, since_ms))
-        elif bf.complete:
-            log.info("backfill already complete", start=bf.start_ms, end=bf.end_ms)
-        else:
-            self._check_retention(rt, bf.cursor_ms, now, "backfill")
+        plan = plan_backfill(rt.backfill, since_ms, rt.tail_start_ms, now, rt.granularity_ms)
+        if plan.clamped_from is not None:
+            log.warning(
+                "backfill start clamped to Stripe's 30-day retention",
+                requested=plan.clamped_from,
+                clamped_to=retention_edge(now),
+            )
+        if plan.action in ("new", "extend"):
+            rt.set_backfill(plan.progress)
+        elif plan.action == "complete":
+            assert plan.progress is not None
+            log.info(
+                "backfill already complete", start=plan.progress.start_ms, end=plan.progress.end_ms
+            )
+        elif plan.action == "resume":
+            assert plan.progress is not None
+            self._check_retention(rt, plan.progress.cursor_ms, now, "backfill")
 
-    def _check_retention(self, rt: StreamState, cursor_ms: int, now: int, what: str) -> int:
-        """Reports a cursor that aged out of retention and returns where reading can resume."""
-        edge = now - RETENTION_MS + RETENTION_MARGIN_MS
-        if cursor_ms >= edge:
-            return cursor_ms
+    def _check_retention(self, rt: StreamState, cursor_ms: int, now: int, what: str) -> None:
+        """Reports a cursor that aged out of retention (once per window); a backfill then
+        resumes at the retention edge."""
+        lost = lost_window(cursor_ms, now)
+        if lost is None:
+            return
         p = rt.stream
+        edge = lost[1]
         if what == "backfill" and rt.backfill is not None:
             rt.advance_backfill(edge - edge % rt.granularity_ms)
         if not self.outcome.lose(p.key, cursor_ms, edge):
-            return edge
+            return
         metrics.CURSOR_EXPIRED.labels(stream=p.key).inc()
         log.error(
             "cursor aged out of Stripe's 30-day retention: events in the window are lost",
@@ -474,7 +467,6 @@ class Pipeline:
             recover="re-read the affected objects with Stripe's list endpoints or a Sigma export "
             "for that window; the ingestor resumes at the retention edge",
         )
-        return edge
 
     def _make_tail(self, rt: StreamState) -> Tail:
         p = rt.stream

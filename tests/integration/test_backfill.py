@@ -17,7 +17,8 @@ import pytest
 import structlog
 
 from ingestor import metrics, pipeline, tail
-from ingestor.pipeline import EXIT_DATA_LOST, RETENTION_MARGIN_MS, RETENTION_MS, serve
+from ingestor.pipeline import EXIT_DATA_LOST, serve
+from ingestor.plan import RETENTION_MARGIN_MS, RETENTION_MS
 from ingestor.sim.scenario import Scenario, load_scenario
 from ingestor.sim.server import SimServer
 from ingestor.sim.simulator import Simulator
@@ -27,6 +28,7 @@ from tests.integration.harness import (
     check_exactly_once,
     headers,
     make_config,
+    metric,
     wait_published,
 )
 from tests.integration.kafka_util import ROOT, read_all
@@ -310,6 +312,30 @@ async def test_a_stored_tail_cursor_past_retention_is_reported_once_and_once_exi
     records = await wait_published(bootstrap, topic_prefix, set(fresh))
     ids = [headers(r)["event_id"] for r in records]
     assert len(ids) == len(set(ids))
+
+
+async def test_a_quiet_stream_read_regularly_is_never_reported_lost(
+    bootstrap: str, topic_prefix: str
+) -> None:
+    """Finding 4: a stream with no new events for 35 days, read every couple of weeks, lost
+    nothing: the alarms follow the time it was read through, not its newest event, so
+    `--once` exits 0, no window is reported and the gap alarm stays clear."""
+    scenario = bursty(history_events=100, accounts=(), v2_share=0.0, history_bursts=0)
+    async with SimServer(scenario, seed=27) as server:
+        sim = server.sim
+        loaded = make_config(server.url, bootstrap, topic_prefix, stripe__v2=False)
+        before = expired("v1:platform")
+        with sim_clock(sim), structlog.testing.capture_logs() as logs:
+            assert await serve(loaded, once=True) == 0
+            for _ in range(5):
+                sim.advance_clock(6 * DAY)
+                assert await serve(loaded, once=True) == 0
+            head = (await settled_heads(bootstrap, topic_prefix))["v1:platform"]
+    assert not [e for e in logs if e["event"].startswith(("cursor aged out", "cursor gap"))]
+    assert expired("v1:platform") == before
+    assert metric("ingestor_cursor_gap_alarm", stream="v1:platform") == 0
+    assert head.read_through_ms is not None
+    assert head.read_through_ms - head.watermark_ms > 29 * DAY * 1000
 
 
 async def _handover(bootstrap: str, prefix: str, *, tail_during_backfill: bool) -> None:
