@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import random
 import signal
@@ -16,6 +15,7 @@ import structlog
 
 from ingestor import metrics
 from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan, Timed
+from ingestor.committer import Batch, CommitQueue, Committer, IngestMode, Routed
 from ingestor.config import Config, Loaded
 from ingestor.errors import (
     CursorExpired,
@@ -23,7 +23,7 @@ from ingestor.errors import (
     IngestorError,
     KafkaUnavailable,
 )
-from ingestor.events import Event, Hydration, Record, Stream
+from ingestor.events import Event, Hydration, Stream
 from ingestor.hydrate import Hydrator
 from ingestor.observe import GapAlarm, HealthServer, Readiness
 from ingestor.pages import fetch_object, v1_pages, v2_pages
@@ -40,7 +40,6 @@ from ingestor.timespec import parse_since
 
 log = structlog.get_logger(__name__)
 
-IngestMode = Literal["tail", "backfill"]
 T = TypeVar("T")
 T_Timed = TypeVar("T_Timed", bound=Timed)
 # A tail more than this far behind catches up in parallel slices instead of one long poll.
@@ -67,77 +66,6 @@ def oldest_first(events: Sequence[T_Timed]) -> list[T_Timed]:
     out = list(reversed(events))
     out.sort(key=lambda e: e.created_ms)  # stable
     return out
-
-
-@dataclass(slots=True)
-class Routed:
-    """An event turned into its Kafka records, keeping what metrics and ordering need."""
-
-    id: str
-    type: str
-    api: str
-    created_ms: int
-    records: list[Record]
-    dlq: bool = False
-
-
-@dataclass(slots=True)
-class Batch:
-    """Records of one stream plus that stream's state as of them: one commit unit."""
-
-    stream: Stream
-    items: list[Routed]
-    state: dict[bytes, bytes | None]
-    mode: IngestMode
-
-
-class CommitQueue:
-    """Bounded FIFO between readers and the committer.
-
-    `put` waits for room *before* building the batch, so a batch's state snapshot is taken
-    and queued in one step: a reader cancelled while waiting leaves no half-taken snapshot.
-    """
-
-    def __init__(self, max_items: int) -> None:
-        self._max = max_items
-        self._batches: list[Batch] = []
-        self._items = 0
-        self._unfinished = 0
-        self._cond = asyncio.Condition()
-
-    async def put(self, build: Callable[[], Batch | None]) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._items < self._max)
-            batch = build()
-            if batch is None:
-                return
-            self._batches.append(batch)
-            self._items += len(batch.items)
-            self._unfinished += 1
-            self._cond.notify_all()
-
-    async def take(self, max_items: int) -> list[Batch]:
-        """Waits for at least one batch; returns whole batches up to about `max_items`."""
-        async with self._cond:
-            await self._cond.wait_for(lambda: bool(self._batches))
-            out = [self._batches.pop(0)]
-            count = len(out[0].items)
-            while self._batches and count + len(self._batches[0].items) <= max_items:
-                out.append(self._batches.pop(0))
-                count += len(out[-1].items)
-            self._items -= count
-            self._cond.notify_all()
-            return out
-
-    async def done(self, n: int) -> None:
-        async with self._cond:
-            self._unfinished -= n
-            self._cond.notify_all()
-
-    async def join(self) -> None:
-        """Waits until every batch put so far has been committed."""
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._unfinished == 0)
 
 
 @dataclass(slots=True)
@@ -213,7 +141,15 @@ class Pipeline:
             resumed=[p.key for p in self.streams if p in restored],
         )
         async with asyncio.TaskGroup() as tg:
-            committer = tg.create_task(self._commit_loop())
+            committer = tg.create_task(
+                Committer(
+                    self.queue,
+                    self.sink,
+                    self.readiness,
+                    self.runtimes,
+                    self.cfg.tail.batch_max_events,
+                ).run()
+            )
             intake = tg.create_task(self._intake())
             stopper = tg.create_task(stop.wait())
             await asyncio.wait([intake, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -236,58 +172,6 @@ class Pipeline:
                 tg.create_task(self._supervise(rt))
 
     # --- commit -----------------------------------------------------------------------------
-
-    async def _commit_loop(self) -> None:
-        max_items = self.cfg.tail.batch_max_events
-        while True:
-            batches = await self.queue.take(max_items)
-            records = [r for b in batches for item in b.items for r in item.records]
-            state: dict[bytes, bytes | None] = {}
-            for b in batches:
-                state.update(b.state)  # later snapshots of a stream supersede earlier ones
-            started = time.monotonic()
-            try:
-                result = await self.sink.commit_batch(records, state)
-            except KafkaUnavailable:
-                self.readiness.mark_kafka(False)
-                raise
-            self.readiness.mark_kafka(True)
-            now = now_ms()
-            events = 0
-            dead = 0
-            # Counted per (source, type) once per batch: a label lookup per event is CPU that
-            # thousands of events a second can not spare.
-            published: collections.Counter[tuple[str, str]] = collections.Counter()
-            lag = metrics.EVENT_LAG
-            for b in batches:
-                for item in b.items:
-                    events += 1
-                    lag.observe(max(0.0, (now - item.created_ms) / 1000))
-                    if item.dlq:
-                        dead += 1
-                    else:
-                        published[item.api, item.type] += 1
-                if b.mode == "backfill":
-                    metrics.BACKFILL_EVENTS.inc(len(b.items))
-            for (api, event_type), n in published.items():
-                metrics.EVENTS_PUBLISHED.labels(source=api, type=event_type).inc(n)
-            if dead:
-                metrics.DLQ_EVENTS.labels(reason="hydration_failed").inc(dead)
-            metrics.BATCH_EVENTS.observe(events)
-            for p in {b.stream for b in batches}:
-                rt = self.runtimes[p]
-                if rt.watermark_ms is not None:
-                    metrics.WATERMARK_AGE.labels(stream=p.key).set((now - rt.watermark_ms) / 1000)
-            # A batch of only state (a backfill slice with no events) is routine: debug level.
-            (log.info if events else log.debug)(
-                "batch committed",
-                events=events,
-                records=len(records),
-                dlq=result.dlq,
-                streams=sorted({b.stream.key for b in batches}),
-                ms=round((time.monotonic() - started) * 1000, 1),
-            )
-            await self.queue.done(len(batches))
 
     # --- streams ----------------------------------------------------------------------------
 
@@ -312,6 +196,7 @@ class Pipeline:
                 if key not in self.outcome.parked:
                     log.error(
                         "stream parked: an error retrying cannot fix; other streams go on",
+                        stream=key,
                         error=str(exc),
                         kind=type(exc).__name__,
                         retry_in_s=self.cfg.alarms.parked_retry_seconds,
@@ -326,7 +211,7 @@ class Pipeline:
     def _unpark(self, rt: StreamState) -> None:
         key = rt.stream.key
         if self.outcome.parked.pop(key, None) is not None:
-            log.info("stream unparked: reads succeed again")
+            log.info("stream unparked: reads succeed again", stream=key)
             self.readiness.unpark(key)
             metrics.STREAM_PARKED.labels(stream=key).set(0)
 
