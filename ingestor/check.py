@@ -21,8 +21,8 @@ from ingestor.errors import (
     StripeError,
     StripeNotFound,
 )
+from ingestor.log.kafka_common import kafka_client_kwargs
 from ingestor.observe import mask_secrets
-from ingestor.sink import kafka_client_kwargs
 from ingestor.stripe_api import StripeClient
 
 Status = Literal["OK", "FAIL", "SKIP"]

@@ -38,6 +38,10 @@ class ClosedError(IngestorError):
     """A resource was used after it was closed."""
 
 
+class IncompatibleDependency(IngestorError):
+    """An installed library is not the version whose internals this code was written against."""
+
+
 # --- Stripe API -------------------------------------------------------------------------------
 
 
