@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 import structlog
+
+from ingestor.clock import monotonic
 
 log = structlog.get_logger(__name__)
 
@@ -127,7 +128,7 @@ class BackfillStats:
     pages: int = 0
     slices_done: int = 0
     splits: int = 0
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=monotonic)
 
 
 class Backfiller(Generic[T]):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from ingestor.clock import monotonic
 from ingestor.config import Config, KafkaConfig, StripeConfig
 from ingestor.errors import (
     StripeAuthError,
@@ -21,8 +21,8 @@ from ingestor.errors import (
     StripeError,
     StripeNotFound,
 )
+from ingestor.log.kafka_common import kafka_client_kwargs
 from ingestor.observe import mask_secrets
-from ingestor.sink import kafka_client_kwargs
 from ingestor.stripe_api import StripeClient
 
 Status = Literal["OK", "FAIL", "SKIP"]
@@ -234,7 +234,7 @@ async def _check_topics(
             f"{brokers} broker(s)",
         )
     probe = f"{cfg.topic_prefix}._ingestor_check_{uuid.uuid4().hex[:12]}"
-    started = time.monotonic()
+    started = monotonic()
     try:
         async with asyncio.timeout(probe_seconds):
             created = await admin.create_topics(
@@ -251,7 +251,7 @@ async def _check_topics(
         return CheckResult(name, "FAIL", f"creating/deleting {probe} took over {probe_seconds:g}s")
     except (KafkaError, OSError) as exc:
         return CheckResult(name, "FAIL", f"cannot create topic {probe}: {_describe(exc)}")
-    took = time.monotonic() - started
+    took = monotonic() - started
     return CheckResult(
         name, "OK", f"created and deleted probe topic {probe} ({took * 1000:.0f} ms)"
     )

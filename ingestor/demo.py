@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 
+from ingestor.clock import monotonic, wall
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 RUN_SECONDS = float(os.environ.get("DEMO_SECONDS", "25"))
@@ -28,7 +30,7 @@ def free_port() -> int:
 
 
 def wait_http(url: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
+    while monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -56,7 +58,7 @@ def stop(proc: subprocess.Popen[bytes], name: str, timeout: float = 15.0) -> int
 
 def main(argv: Sequence[str] | None = None) -> int:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    prefix = f"demo{int(time.time())}"
+    prefix = f"demo{int(wall())}"
     sim_port, http_port = free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     logs = ROOT / ".demo"
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ingestor: subprocess.Popen[bytes] | None = None
     try:
-        wait_http(f"{sim_url}/_sim/config", time.monotonic() + 60)
+        wait_http(f"{sim_url}/_sim/config", monotonic() + 60)
         env = {
             **os.environ,
             "STRIPE_API_KEY": DEMO_KEY,
@@ -90,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cwd=ROOT,
             env=env,
         )
-        started = time.monotonic()
-        while time.monotonic() - started < RUN_SECONDS:
+        started = monotonic()
+        while monotonic() - started < RUN_SECONDS:
             if ingestor.poll() is not None:
                 tail = (logs / "ingestor.log").read_text(errors="replace").splitlines()[-15:]
                 print("\n".join(tail), file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class IngestorError(Exception):
     """Root of every error the service raises on purpose.
@@ -34,6 +36,10 @@ class ConfigError(IngestorError):
 
 class ClosedError(IngestorError):
     """A resource was used after it was closed."""
+
+
+class IncompatibleDependency(IngestorError):
+    """An installed library is not the version whose internals this code was written against."""
 
 
 # --- Stripe API -------------------------------------------------------------------------------
@@ -95,6 +101,33 @@ class StripeInvalidRequest(StripeError):
 
 class CursorExpired(StripeInvalidRequest):
     """A stored cursor or window start is older than Stripe's 30-day retention."""
+
+
+class TransportError(IngestorError):
+    """One HTTP exchange failed below HTTP (a transport's report to the Stripe client, which
+    turns it into a StripeError). `status` and `headers` are set when a status line arrived."""
+
+    retriable = True
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, request_id=None if headers is None else headers.get("Request-Id"))
+        self.status = status
+        self.headers = headers
+
+
+class TransportConnectionError(TransportError):
+    """No usable response: refused, reset, timed out or stalled before the body was complete
+    in a way that is not a short body."""
+
+
+class TransportTruncated(TransportError):
+    """The response's headers arrived, then its body ended short of what they announced."""
 
 
 # --- Kafka ------------------------------------------------------------------------------------

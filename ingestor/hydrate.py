@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+from ingestor.clock import wall_ms
 from ingestor.errors import ClosedError, IngestorError, StripeNotFound
 from ingestor.events import Event, Hydration
 from ingestor.metrics import HYDRATION_REQUESTS
 
 Fetch = Callable[[str, str | None], Awaitable[dict[str, Any]]]
 MAX_ERROR_CHARS = 300
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def describe_error(exc: BaseException) -> str:
@@ -49,7 +45,7 @@ class Hydrator:
         max_attempts: int,
         backoff_base: float = 0.2,
         backoff_max: float = 5.0,
-        clock_ms: Callable[[], int] = wall_clock_ms,
+        clock_ms: Callable[[], int] = wall_ms,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:

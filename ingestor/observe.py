@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import sys
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TextIO
 
@@ -15,6 +14,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ingestor.clock import monotonic, wall_ms
 from ingestor.errors import ClosedError
 from ingestor.metrics import CURSOR_GAP_ALARM, READY, REGISTRY
 from ingestor.resource import AsyncResource
@@ -158,7 +158,7 @@ class Readiness:
         *,
         max_poll_age_seconds: float = 60.0,
         probe_timeout_seconds: float = 2.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = monotonic,
     ) -> None:
         self.kafka_ok = False
         self.state_restored = False
@@ -347,7 +347,7 @@ def check_gap(
     data is lost. No cursor yet (fresh start) is not a gap.
     """
     if now_ms is None:
-        now_ms = int(time.time() * 1000)
+        now_ms = wall_ms()
     alarm = cursor_ms is not None and (now_ms - cursor_ms) / 1000 > threshold_s
     CURSOR_GAP_ALARM.labels(stream=stream_key).set(1 if alarm else 0)
     return alarm
@@ -362,7 +362,7 @@ class GapAlarm:
 
     def check(self, stream_key: str, cursor_ms: int | None, now_ms: int | None = None) -> bool:
         if now_ms is None:
-            now_ms = int(time.time() * 1000)
+            now_ms = wall_ms()
         alarm = check_gap(stream_key, cursor_ms, now_ms, self.threshold_s)
         if alarm and stream_key not in self._alarming:
             self._alarming.add(stream_key)

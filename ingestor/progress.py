@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
@@ -22,6 +21,7 @@ from typing import Any, Protocol, TextIO
 import structlog
 
 from ingestor import metrics
+from ingestor.clock import monotonic
 
 log = structlog.get_logger(__name__)
 
@@ -185,7 +185,7 @@ class ProgressReporter:
         every: float = 5.0,
         stream: TextIO | None = None,
         tty: bool | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = monotonic,
     ) -> None:
         self._b = backfiller
         self._key = stream_key

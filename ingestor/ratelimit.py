@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
+from ingestor.clock import monotonic
 from ingestor.metrics import RATE_BUDGET
 
 Clock = Callable[[], float]
@@ -33,7 +33,7 @@ class RateBudget:
         burst: float | None = None,
         min_rate: float = 1.0,
         recovery: float = 0.005,
-        clock: Clock = time.monotonic,
+        clock: Clock = monotonic,
         sleep: Sleep = asyncio.sleep,
         report: bool = True,
     ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import orjson
@@ -123,29 +124,93 @@ class Router:
         ingest_mode: IngestMode = "tail",
         max_bytes: int | None = None,
     ) -> Record:
-        """A record for `<prefix>.dlq`: the original value when it fits, else a compact summary.
-
-        Without an original record the value is Stripe's event JSON (the v1 snapshot or the v2
-        thin event). Headers are the event's headers plus `dlq_reason` and `dlq_detail`.
-        """
-        key = original.key if original is not None else record_key(event)
-        base = original.headers if original is not None else event_headers(event, ingest_mode)
-        headers = (
-            *(h for h in base if h[0] not in {"dlq_reason", "dlq_detail"}),
-            ("dlq_reason", reason.encode()),
-            ("dlq_detail", _one_line(detail).encode()),
+        """A record for `<prefix>.dlq` (see `dead_letter`) for an event, from its routed record
+        or, without one, from Stripe's event JSON (the v1 snapshot or the v2 thin event)."""
+        if original is None:
+            original = Record(
+                self.dlq_topic,
+                record_key(event),
+                event.json,
+                event_headers(event, ingest_mode),
+                event.id,
+            )
+        return dead_letter(
+            original,
+            reason,
+            detail,
+            dlq_topic=self.dlq_topic,
+            event_type=event.type,
+            max_bytes=max_bytes,
         )
-        value = original.value if original is not None else event.json
-        record = Record(self.dlq_topic, key, value, headers, event.id)
-        if max_bytes is not None and record_size(record) > max_bytes:
-            summary = {
-                "event_id": event.id,
-                "event_type": event.type,
-                "reason": reason,
-                "size": len(value),
-            }
-            record = Record(self.dlq_topic, key, orjson.dumps(summary), headers, event.id)
-        return record
+
+
+def dead_letter(
+    record: Record,
+    reason: str,
+    detail: str,
+    *,
+    dlq_topic: str,
+    event_type: str | None = None,
+    max_bytes: int | None = None,
+    keep_value: bool = True,
+) -> Record:
+    """The one dead-letter record builder: `record` readdressed to `dlq_topic`.
+
+    Same key, the record's headers plus `dlq_reason` and `dlq_detail` (one line, at most
+    MAX_DLQ_DETAIL characters). The value is the record's own when `keep_value` and the result
+    fits `max_bytes` (by `record_size`); otherwise a compact summary `{event_id, event_type,
+    reason, size}`, where size is `record_size(record)`. `event_type` defaults to the record's
+    `event_type` header.
+    """
+    headers = (
+        *(h for h in record.headers if not h[0].startswith("dlq_")),
+        ("dlq_reason", reason.encode()),
+        ("dlq_detail", _one_line(detail).encode()),
+    )
+    if keep_value:
+        kept = Record(dlq_topic, record.key, record.value, headers, record.event_id)
+        if max_bytes is None or record_size(kept) <= max_bytes:
+            return kept
+    if event_type is None:
+        event_type = next(
+            (v.decode("utf-8", "replace") for k, v in record.headers if k == "event_type"), ""
+        )
+    summary = {
+        "event_id": record.event_id,
+        "event_type": event_type,
+        "reason": reason,
+        "size": record_size(record),
+    }
+    return Record(dlq_topic, record.key, orjson.dumps(summary), headers, record.event_id)
+
+
+# Headers and framing of one record stay far below this; only values near the limit need the
+# exact count.
+PRECHECK_SLACK = 16 * 1024
+
+
+def divert_oversized(
+    records: Sequence[Record], *, max_bytes: int, dlq_topic: str
+) -> tuple[list[Record], list[int]]:
+    """The batch with each record larger than `max_bytes` replaced by its dead letter (reason
+    `too_large`, a summary value), and the indexes of those replaced."""
+    roomy = max_bytes - PRECHECK_SLACK
+    batch: list[Record] = []
+    diverted: list[int] = []
+    for index, record in enumerate(records):
+        if len(record.value) + len(record.key or b"") < roomy:
+            batch.append(record)
+            continue
+        size = record_size(record)
+        if size > max_bytes:
+            detail = f"{size} bytes > {max_bytes}"
+            batch.append(
+                dead_letter(record, "too_large", detail, dlq_topic=dlq_topic, keep_value=False)
+            )
+            diverted.append(index)
+        else:
+            batch.append(record)
+    return batch, diverted
 
 
 def _sized(value: bytes) -> bytes:

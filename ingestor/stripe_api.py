@@ -1,4 +1,5 @@
-"""Stripe API client: auth, versions, rate budget, retries with backoff, error mapping."""
+"""Stripe API client: auth, versions, rate budget, retries with backoff, error mapping; the HTTP
+exchange itself goes through a `Transport` (aiohttp by default, in-process in simulation)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit
 
-import aiohttp
 import orjson
 import structlog
-import yarl
 
 from ingestor import __version__
 from ingestor.config import StripeConfig
@@ -30,10 +29,13 @@ from ingestor.errors import (
     StripeNotFound,
     StripeRateLimited,
     StripeServerError,
+    TransportError,
+    TransportTruncated,
 )
 from ingestor.metrics import API_REQUESTS, API_RETRIES, ERRORS, RATE_LIMITED
 from ingestor.ratelimit import RateBudget, Sleep
 from ingestor.resource import AsyncResource
+from ingestor.transport import AiohttpTransport, HttpResponse, Transport
 
 log = structlog.get_logger(__name__)
 
@@ -41,9 +43,6 @@ T = TypeVar("T")
 Api = Literal["v1", "v2"]
 
 USER_AGENT = f"ingestor/{__version__} (stripe-kafka events ingestor)"
-# Sized for ~100 requests in flight (Stripe's live limit is 100 req/s), kept alive between polls.
-CONNECTION_LIMIT = 100
-KEEPALIVE_SECONDS = 30.0
 # A response that stops sending for this long is dead even if the total timeout is far off.
 DEFAULT_STALL_SECONDS = 10.0
 FILES_PREFIX = "/v1/files"
@@ -101,18 +100,22 @@ class _Failure(Exception):
 
 
 class StripeClient(AsyncResource):
-    """One aiohttp session to Stripe, shared by every stream of the process.
+    """One client of Stripe (over one transport), shared by every stream of the process.
 
     `request` is the one door: it builds the URL (never leaving `api_base`'s origin),
     sets auth/version/account headers, spends the rate budget(s), and retries retriable
     failures with full-jitter exponential backoff. A 2xx body goes through `parse` inside
     the retry loop, so a garbage 200 is retried like a truncated body.
+
+    `transport` carries each exchange; without one the client makes (and closes) its own
+    `AiohttpTransport`. A transport passed in belongs to the caller, who closes it.
     """
 
     def __init__(
         self,
         config: StripeConfig,
         *,
+        transport: Transport | None = None,
         budget: RateBudget | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
@@ -133,10 +136,10 @@ class StripeClient(AsyncResource):
         self._sleep = sleep
         self._rng = rng
         stall = stall_timeout if stall_timeout is not None else DEFAULT_STALL_SECONDS
-        self._timeout = aiohttp.ClientTimeout(
-            total=config.request_timeout, sock_read=min(stall, config.request_timeout)
-        )
-        self._session: aiohttp.ClientSession | None = None
+        self._request_timeout = config.request_timeout
+        self._stall_timeout = min(stall, config.request_timeout)
+        self._owns_transport = transport is None
+        self._transport: Transport = transport if transport is not None else AiohttpTransport()
         self._closed = False
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -158,29 +161,24 @@ class StripeClient(AsyncResource):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
     async def start(self) -> None:
-        self._open()
+        self._check_open()
 
     async def close(self) -> None:
-        """Closes the session; safe to call more than once."""
+        """Closes the transport it made itself; safe to call more than once."""
+        if self._closed:
+            return
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        if self._owns_transport:
+            await self._transport.close()
 
-    def _open(self) -> aiohttp.ClientSession:
+    def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("StripeClient is closed")
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=CONNECTION_LIMIT,
-                limit_per_host=CONNECTION_LIMIT,
-                keepalive_timeout=KEEPALIVE_SECONDS,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, raise_for_status=False
-            )
-        return self._session
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -236,7 +234,7 @@ class StripeClient(AsyncResource):
         `parse_raw`, when given, gets the body's bytes instead (a faster decoder of its own).
         `extra_budgets` are acquired before the shared budget (a sweep's share cap).
         """
-        session = self._open()
+        self._check_open()
         url, path = self._url(path_or_url, params)
         endpoint = endpoint_template(path)
         headers = self._headers(method, account, api)
@@ -255,9 +253,7 @@ class StripeClient(AsyncResource):
                 # Closed while backing off or queued for a token: stop instead of a RuntimeError.
                 raise ClosedError("StripeClient is closed")
             try:
-                status, request_id, raw = await self._attempt(
-                    session, method, url, headers, data, endpoint
-                )
+                status, request_id, raw = await self._attempt(method, url, headers, data, endpoint)
                 try:
                     if parse_raw is not None:
                         result = parse_raw(raw)
@@ -298,45 +294,45 @@ class StripeClient(AsyncResource):
 
     async def _attempt(
         self,
-        session: aiohttp.ClientSession,
         method: str,
-        url: yarl.URL,
+        url: str,
         headers: Mapping[str, str],
         data: Mapping[str, str] | None,
         endpoint: str,
     ) -> tuple[int, str | None, bytes]:
         """One HTTP exchange; every failure comes out as a `_Failure` wrapping a StripeError."""
-        status: int | None = None
-        request_id: str | None = None
         try:
-            async with session.request(
-                method, url, headers=headers, data=dict(data) if data else None
-            ) as resp:
-                status = resp.status
-                request_id = resp.headers.get("Request-Id")
-                raw = await resp.read()
-                should_retry = resp.headers.get("Stripe-Should-Retry")
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
-        except aiohttp.ClientPayloadError as exc:
-            API_REQUESTS.labels(endpoint=endpoint, status=str(status or "error")).inc()
-            raise _Failure(
-                MalformedResponse(
-                    f"truncated response body: {type(exc).__name__}",
-                    status=status,
-                    request_id=request_id,
+            response: HttpResponse = await self._transport.send(
+                method,
+                url,
+                headers,
+                data,
+                total_seconds=self._request_timeout,
+                stall_seconds=self._stall_timeout,
+            )
+        except TransportError as exc:
+            API_REQUESTS.labels(endpoint=endpoint, status=str(exc.status or "error")).inc()
+            error: StripeError
+            if isinstance(exc, TransportTruncated):
+                error = MalformedResponse(
+                    f"truncated response body: {exc.message}",
+                    status=exc.status,
+                    request_id=exc.request_id,
                 )
-            ) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            API_REQUESTS.labels(endpoint=endpoint, status=str(status or "error")).inc()
-            what = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-            raise _Failure(
-                StripeConnectionError(
-                    f"no usable response from Stripe: {what}", status=status, request_id=request_id
+            else:  # TransportConnectionError: nothing usable arrived
+                error = StripeConnectionError(
+                    f"no usable response from Stripe: {exc.message}",
+                    status=exc.status,
+                    request_id=exc.request_id,
                 )
-            ) from exc
+            raise _Failure(error) from exc
+        status, resp_headers, raw = response
+        request_id = resp_headers.get("Request-Id")
         API_REQUESTS.labels(endpoint=endpoint, status=str(status)).inc()
         if 200 <= status < 300:
             return status, request_id, raw
+        should_retry = resp_headers.get("Stripe-Should-Retry")
+        retry_after = _retry_after(resp_headers.get("Retry-After"))
         header = None if should_retry is None else should_retry.strip().lower() == "true"
         raise _Failure(self._error(status, raw, request_id), header, retry_after)
 
@@ -403,7 +399,7 @@ class StripeClient(AsyncResource):
             delay = max(delay, min(retry_after, self._config.backoff_max))
         return delay
 
-    def _url(self, path_or_url: str, params: Sequence[tuple[str, str]]) -> tuple[yarl.URL, str]:
+    def _url(self, path_or_url: str, params: Sequence[tuple[str, str]]) -> tuple[str, str]:
         """The absolute URL to call and its path; refuses anything off `api_base`'s origin."""
         # `//host/...` is a scheme-relative URL to another host, not a path.
         is_path = path_or_url.startswith("/") and not path_or_url.startswith("//")
@@ -426,7 +422,7 @@ class StripeClient(AsyncResource):
             extra = urlencode(list(params))
             query = f"{query}&{extra}" if query else extra
         text = f"{scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
-        return yarl.URL(text, encoded=True), parts.path
+        return text, parts.path
 
     def _headers(self, method: str, account: str | None, api: Api) -> dict[str, str]:
         headers = {

@@ -8,11 +8,11 @@ import dataclasses
 import multiprocessing
 import socket
 import sys
-import time
 
 import aiohttp
 import orjson
 
+from ingestor.clock import monotonic
 from ingestor.sim.scenario import Scenario, load_scenario
 from ingestor.sim.server import serve
 
@@ -35,7 +35,7 @@ async def _wait_up(url: str, session: aiohttp.ClientSession, deadline: float) ->
                 if r.status == 200:
                     return
         except aiohttp.ClientConnectionError:
-            if time.monotonic() > deadline:
+            if monotonic() > deadline:
                 raise
         await asyncio.sleep(0.2)  # the child process gives no other signal that it is up
 
@@ -45,13 +45,13 @@ async def _client(url: str, seconds: float, concurrency: int, limit: int) -> tup
     headers = {"Authorization": "Bearer sk_test_bench"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
-        await _wait_up(url, session, time.monotonic() + 120)
-        stop_at = time.monotonic() + seconds
+        await _wait_up(url, session, monotonic() + 120)
+        stop_at = monotonic() + seconds
 
         async def worker() -> None:
             nonlocal pages, events
             cursor = None
-            while time.monotonic() < stop_at:
+            while monotonic() < stop_at:
                 params = {"limit": str(limit)}
                 if cursor:
                     params["starting_after"] = cursor

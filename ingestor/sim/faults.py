@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-import time
 
+from ingestor.clock import monotonic
 from ingestor.sim.scenario import Faults
 
 FAULT_NAMES = ("error_500", "error_503_html", "conflict_409", "reset", "truncate", "stall")
@@ -27,7 +27,7 @@ class RateLimiter:
     """A token bucket holding one second's worth of requests (Stripe's limits are per second)."""
 
     def __init__(self) -> None:
-        self._clock = time.monotonic
+        self._clock = monotonic
         self._tokens = 0.0
         self._last = self._clock()
         self._rate = 0.0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-import time
 from bisect import bisect
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
 from typing import Any
 
+from ingestor.clock import wall_ms
 from ingestor.sim.catalog import KINDS, Catalog, Kind, TypeInfo, describe, find_data_dir
 from ingestor.sim.ids import IdMaker
 from ingestor.sim.objects import ObjectStore
@@ -36,23 +36,25 @@ class _Mix:
 
 
 class Simulator:
-    """Everything a simulated Stripe account holds; time moves with the wall clock (plus an
-    offset tests can advance), and live events are generated lazily on each `tick`."""
+    """Everything a simulated Stripe account holds; time moves with `clock_ms` (by default the
+    process's clock, `ingestor.clock`, so under a simulated clock visibility, retention and live
+    generation follow simulated time) plus an offset tests can advance; live events are
+    generated lazily on each `tick`."""
 
     def __init__(
         self,
         scenario: Scenario | None = None,
         *,
         seed: int = 0,
-        clock: Callable[[], float] = time.time,
+        clock_ms: Callable[[], int] = wall_ms,
     ) -> None:
         self.scenario = scenario = scenario or load_scenario(None)
         self.seed = seed
         self.catalog = Catalog.load(find_data_dir(scenario.stripe_data_dir))
         self.catalog.check(scenario)
-        self._clock = clock
+        self._clock_ms = clock_ms
         start_ms = int(scenario.start_time * 1000) if scenario.start_time else None
-        self._offset_ms = (start_ms - int(clock() * 1000)) if start_ms else 0
+        self._offset_ms = (start_ms - clock_ms()) if start_ms else 0
         # History hangs off the configured start exactly, so a fixed start_time is reproducible.
         self._history_end_ms = start_ms if start_ms else self.now_ms()
         self.rng = random.Random(seed)
@@ -93,7 +95,7 @@ class Simulator:
     # --- clock ---------------------------------------------------------------------------------
 
     def now_ms(self) -> int:
-        return int(self._clock() * 1000) + self._offset_ms
+        return self._clock_ms() + self._offset_ms
 
     def advance_clock(self, seconds: float) -> None:
         """Jumps simulated time forward (late events come due, old ones age out) without making

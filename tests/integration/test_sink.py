@@ -19,6 +19,7 @@ from ingestor.config import KafkaConfig, Secret
 from ingestor.errors import ClosedError, Fenced, KafkaUnavailable
 from ingestor.events import Record
 from ingestor.metrics import REGISTRY
+from ingestor.route import record_size
 from ingestor.sink import BatchResult, Sink
 from tests.integration.kafka_util import Broker, read_all, second_broker, undecided_offsets
 
@@ -214,7 +215,7 @@ async def test_oversized_record_goes_to_dlq_with_reason_and_rest_of_batch_commit
     (dead,) = await read_all(config.bootstrap_servers, [config.dlq_topic])
     headers = dict(dead.headers)
     assert headers["dlq_reason"] == b"too_large"
-    size = len(big.value) + len(big.key or b"") + 100 + sum(len(k) + len(v) for k, v in big.headers)
+    size = record_size(big)  # the one size estimate, shared with the router's DLQ records
     assert headers["dlq_detail"] == f"{size} bytes > 10000".encode()
     assert headers["event_id"] == b"evt_big_0"
     assert dead.key == big.key
@@ -257,12 +258,15 @@ async def test_record_the_broker_rejects_as_too_large_is_diverted_and_batch_retr
     assert ids(await read_all(config.bootstrap_servers, [topic])) == ids(small)
     (dead,) = await read_all(config.bootstrap_servers, [config.dlq_topic])
     assert dict(dead.headers)["dlq_reason"] == b"too_large"
-    assert dict(dead.headers)["dlq_detail"].startswith(b"8173 bytes refused by the broker")
+    size = record_size(big)
+    assert dict(dead.headers)["dlq_detail"].startswith(
+        f"{size} bytes refused by the broker".encode()
+    )
     assert orjson.loads(dead.value) == {
         "event_id": "evt_big_0",
         "event_type": "charge.updated",
         "reason": "too_large",
-        "size": 8173,
+        "size": size,
     }
 
 

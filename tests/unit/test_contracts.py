@@ -13,7 +13,7 @@ import pytest
 
 from ingestor.contracts import SCHEMA_FILES, ContractViolation, load_schema, validate_record
 from ingestor.events import Event, Hydration, Record
-from ingestor.route import Router
+from ingestor.route import Router, record_size
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 
@@ -144,7 +144,7 @@ def test_dlq_records_validate_in_every_shape(fixtures3_path: Path) -> None:
         "event_id": v1.id,
         "event_type": v1.type,
         "reason": "too_large",
-        "size": len(original.value),
+        "size": record_size(original),
     }
     assert values[3] == event.payload
 

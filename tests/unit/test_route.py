@@ -254,7 +254,7 @@ def test_oversized_dlq_record_becomes_a_compact_summary() -> None:
         "event_id": "evt_1",
         "event_type": "charge.dispute.closed",
         "reason": "too_large",
-        "size": len(original.value),
+        "size": record_size(original),
     }
     assert len(dict(dlq.headers)["dlq_detail"]) == 1000
 
