@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import structlog
 
-from ingestor import metrics
+from ingestor import clock, metrics
 from ingestor.errors import KafkaUnavailable
 from ingestor.events import Record, Stream
 from ingestor.observe import Readiness
@@ -24,7 +23,7 @@ IngestMode = Literal["tail", "backfill"]
 
 
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.wall_ms()
 
 
 @dataclass(slots=True)
@@ -126,7 +125,7 @@ class Committer:
             state: dict[bytes, bytes | None] = {}
             for b in batches:
                 state.update(b.state)  # later snapshots of a stream supersede earlier ones
-            started = time.monotonic()
+            started = clock.monotonic()
             try:
                 result = await self._sink.commit_batch(records, state)
             except KafkaUnavailable:
@@ -166,6 +165,6 @@ class Committer:
                 records=len(records),
                 dlq=result.dlq,
                 streams=sorted({b.stream.key for b in batches}),
-                ms=round((time.monotonic() - started) * 1000, 1),
+                ms=round((clock.monotonic() - started) * 1000, 1),
             )
             await self._queue.done(len(batches))

@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import random
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import structlog
 
-from ingestor import metrics
+from ingestor import clock, metrics
 from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan, Timed
 from ingestor.committer import Batch, CommitQueue, Committer, IngestMode, Routed
 from ingestor.config import Config, Loaded
@@ -52,7 +51,7 @@ EXIT_DATA_LOST = 3
 
 
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.wall_ms()
 
 
 def _retention_floor(granularity_ms: int) -> int:
@@ -544,7 +543,7 @@ class Pipeline:
             events=s.events,
             pages=s.pages,
             splits=s.splits,
-            seconds=round(time.monotonic() - s.started, 1),
+            seconds=round(clock.monotonic() - s.started, 1),
         )
 
 

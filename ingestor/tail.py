@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import structlog
 
-from ingestor import metrics
+from ingestor import clock, metrics
 from ingestor.config import TailConfig
 from ingestor.errors import IngestorError
 from ingestor.events import Event
@@ -27,7 +26,7 @@ Accept = Callable[[list[Event], int | None], Awaitable[int]]
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.wall_ms()
 
 
 class Tail:
