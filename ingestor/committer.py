@@ -13,8 +13,8 @@ import structlog
 from ingestor import clock, metrics
 from ingestor.errors import KafkaUnavailable
 from ingestor.events import Record, Stream
+from ingestor.log import TransactionalLog
 from ingestor.observe import Readiness
-from ingestor.sink import Sink
 from ingestor.stream import StreamState
 
 log = structlog.get_logger(__name__)
@@ -105,7 +105,7 @@ class Committer:
     def __init__(
         self,
         queue: CommitQueue,
-        sink: Sink,
+        sink: TransactionalLog,
         readiness: Readiness,
         runtimes: Mapping[Stream, StreamState],
         max_items: int,

@@ -15,7 +15,7 @@ import structlog
 from ingestor import clock, metrics
 from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan, Timed
 from ingestor.committer import Batch, CommitQueue, Committer, IngestMode, Routed
-from ingestor.config import Config, Loaded
+from ingestor.config import Config, KafkaConfig, Loaded
 from ingestor.errors import (
     CursorExpired,
     Fenced,
@@ -24,6 +24,7 @@ from ingestor.errors import (
 )
 from ingestor.events import Event, Hydration, Stream
 from ingestor.hydrate import Hydrator
+from ingestor.log import TransactionalLog
 from ingestor.observe import GapAlarm, HealthServer, Readiness
 from ingestor.pages import fetch_object, v1_pages, v2_pages
 from ingestor.plan import lost_window, plan_backfill, retention_edge, retention_floor
@@ -36,6 +37,7 @@ from ingestor.stream import Seen, StreamState
 from ingestor.stripe_api import StripeClient
 from ingestor.tail import Tail
 from ingestor.timespec import parse_since
+from ingestor.transport import Transport
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +92,7 @@ class Pipeline:
         self,
         config: Config,
         client: StripeClient,
-        sink: Sink,
+        sink: TransactionalLog,
         hydrator: Hydrator,
         readiness: Readiness,
         streams: Sequence[Stream],
@@ -638,16 +640,26 @@ async def serve(
     once: bool = False,
     stop: asyncio.Event | None = None,
     readiness: Readiness | None = None,
+    transport: Transport | None = None,
+    open_log: Callable[[KafkaConfig], TransactionalLog] = Sink,
+    http: bool = True,
 ) -> int:
-    """Runs the service until `stop` is set (or, with `once`, until caught up)."""
+    """Runs the service until `stop` is set (or, with `once`, until caught up).
+
+    The seams the simulation fills: `transport` answers the Stripe client (default: aiohttp
+    over the network), `open_log` opens the transactional log for each generation (default:
+    Kafka), and `http=False` leaves out the health server.
+    """
     cfg = loaded.config
     stop = stop or asyncio.Event()
     readiness = readiness or Readiness(max_poll_age_seconds=cfg.alarms.ready_max_poll_age_seconds)
     outcome = RunOutcome()
-    async with (
-        HealthServer(readiness, host=cfg.http.host, port=cfg.http.port),
-        StripeClient(cfg.stripe) as client,
-    ):
+    health: contextlib.AbstractAsyncContextManager[object] = (
+        HealthServer(readiness, host=cfg.http.host, port=cfg.http.port)
+        if http
+        else contextlib.nullcontext()
+    )
+    async with health, StripeClient(cfg.stripe, transport=transport) as client:
 
         async def fetch(url: str, account: str | None) -> dict[str, Any]:
             api: Literal["v1", "v2"] = "v2" if "/v2/" in url else "v1"
@@ -661,9 +673,9 @@ async def serve(
             while not stop.is_set():
                 generation: Pipeline | None = None
                 try:
-                    async with Sink(cfg.kafka) as sink:
+                    async with open_log(cfg.kafka) as sink:
 
-                        async def kafka_ok(sink: Sink = sink) -> bool:
+                        async def kafka_ok(sink: TransactionalLog = sink) -> bool:
                             return sink.healthy
 
                         readiness.add_probe("kafka", kafka_ok)

@@ -56,6 +56,8 @@ class EventStore:
         self.version: array[int] = array("l")
         self.stream: array[int] = array("H")
         self.visible = bytearray()
+        # When each event became (or becomes) listable: ground truth for lateness checks.
+        self.visible_at: array[int] = array("q")
         self.visible_order: array[int] = array("q")
         self.streams: list[Stream] = []
         self._stream_ix: dict[tuple[str | None, str], int] = {}
@@ -85,6 +87,7 @@ class EventStore:
         self.version.append(version)
         self.stream.append(stream)
         self.visible.append(0)
+        self.visible_at.append(max(visible_at, created_ms))
         if visible_at <= created_ms:
             self._show(serial)
         else:
