@@ -6,11 +6,10 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
-import yarl
 
 from ingestor.config import HydrateConfig, Secret, StripeConfig
 from ingestor.errors import (
@@ -26,6 +25,7 @@ from ingestor.hydrate import Hydrator, describe_error
 from ingestor.metrics import HYDRATION_REQUESTS, REGISTRY
 from ingestor.ratelimit import RateBudget
 from ingestor.stripe_api import StripeClient
+from ingestor.transport import HttpResponse
 from tests.unit.stripe_stub import Reply, StripeStub, error
 
 
@@ -425,39 +425,54 @@ class VirtualTime:
                 future.set_result(None)
 
 
-async def test_budget_share_caps_hydration_and_leaves_the_rest_to_polls(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+class Answering:
+    """A transport that answers every request at once, noting when (virtual time) and what."""
+
+    def __init__(self, clock: VirtualTime) -> None:
+        self.clock = clock
+        self.sent: list[tuple[float, str]] = []
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        data: Mapping[str, str] | None,
+        *,
+        total_seconds: float,
+        stall_seconds: float,
+    ) -> HttpResponse:
+        self.sent.append((self.clock.now, "hydrate" if "/v2/" in url else "poll"))
+        return HttpResponse(200, {"Request-Id": "req_1"}, b'{"id": "obj"}')
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_budget_share_caps_hydration_and_leaves_the_rest_to_polls() -> None:
     """A burst of 200 thin events under a 0.5 share of 10 req/s gets ~5 req/s; a poll
     running beside it still gets the other ~5 req/s (without a share it would get ~1/17)."""
     clock = VirtualTime()
     budget = RateBudget(10.0, burst=1.0, clock=clock, sleep=clock.sleep, report=False)
-    sent: list[tuple[float, str]] = []
-
-    async def answer(
-        session: Any, method: str, url: yarl.URL, headers: Any, data: Any, endpoint: str
-    ) -> tuple[int, str | None, bytes]:
-        sent.append((clock.now, "hydrate" if "/v2/" in url.path else "poll"))
-        return 200, "req_1", b'{"id": "obj"}'
-
-    async with StripeClient(_stripe_config("http://127.0.0.1:9"), budget=budget) as client:
-        monkeypatch.setattr(client, "_attempt", answer)
+    transport = Answering(clock)
+    config = _stripe_config("http://127.0.0.1:9")
+    async with StripeClient(config, transport=transport, budget=budget) as client:
 
         async def poll_forever() -> None:
             while True:
                 await client.request_json("GET", "/v1/events")
 
-        config = HydrateConfig(concurrency=16, budget_share=0.5)
+        hydrate = HydrateConfig(concurrency=16, budget_share=0.5)
         events = [
             _event(i, url=f"http://127.0.0.1:9/v2/core/accounts/acct_{i}") for i in range(200)
         ]
-        async with Hydrator.for_client(client, config) as hydrator, asyncio.TaskGroup() as tg:
+        async with Hydrator.for_client(client, hydrate) as hydrator, asyncio.TaskGroup() as tg:
             poller = tg.create_task(poll_forever())
             burst = tg.create_task(hydrator.hydrate_all(events))
             await clock.run(until=20.0)
             poller.cancel()
             await clock.run(until=float("inf"), done=burst)
-    window = [kind for at, kind in sent if at <= 20.0]
+    window = [kind for at, kind in transport.sent if at <= 20.0]
     hydrations, polls = window.count("hydrate"), window.count("poll")
     assert hydrations <= 5 * 20 + 2  # the share's rate, plus its one-token burst
     assert polls >= 90  # the rest of 10 req/s x 20 s went to the poll
