@@ -126,6 +126,8 @@ class HydrateConfig:
     concurrency: int = 16
     max_attempts: int = 6
     on_failure: Literal["dlq", "publish"] = "dlq"
+    budget_share: float = 0.5
+    deadline_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +456,10 @@ def validate(config: Config) -> None:
         raise ConfigError("tail.batch_max_events", "expected >= 1")
     if config.hydrate.concurrency < 1 or config.hydrate.max_attempts < 1:
         raise ConfigError("hydrate.concurrency", "expected concurrency and max_attempts >= 1")
+    if not 0 < config.hydrate.budget_share <= 1:
+        raise ConfigError("hydrate.budget_share", "expected a share in (0, 1]")
+    if not config.hydrate.deadline_seconds > 0:
+        raise ConfigError("hydrate.deadline_seconds", "expected a positive duration")
     b = config.backfill
     if not _valid_since(b.since):
         raise ConfigError(

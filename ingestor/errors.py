@@ -46,7 +46,12 @@ class IncompatibleDependency(IngestorError):
 
 
 class StripeError(IngestorError):
-    """Stripe answered with an error, or did not answer usably."""
+    """Stripe answered with an error, or did not answer usably.
+
+    `should_retry` is Stripe's `Stripe-Should-Retry` header (None when absent): when set it
+    overrides `retriable` for the request that got it. `retry_after` is `Retry-After` in
+    seconds, a floor for the next backoff.
+    """
 
     def __init__(
         self,
@@ -56,11 +61,15 @@ class StripeError(IngestorError):
         request_id: str | None = None,
         error_type: str | None = None,
         code: str | None = None,
+        should_retry: bool | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.status = status
         self.error_type = error_type
         self.code = code
+        self.should_retry = should_retry
+        self.retry_after = retry_after
 
 
 class StripeConnectionError(StripeError):

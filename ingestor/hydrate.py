@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from ingestor.clock import wall_ms
+from ingestor.config import HydrateConfig
 from ingestor.errors import ClosedError, IngestorError, StripeNotFound
 from ingestor.events import Event, Hydration
 from ingestor.metrics import HYDRATION_REQUESTS
+from ingestor.retry import Failure, RetryPolicy
+from ingestor.stripe_api import StripeClient
 
 Fetch = Callable[[str, str | None], Awaitable[dict[str, Any]]]
 MAX_ERROR_CHARS = 300
@@ -29,12 +33,28 @@ def describe_error(exc: BaseException) -> str:
     return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
 
 
+class _Flight:
+    """One fetch of one object, as other events see it when deciding to share it."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        # Tick of the hydrator's logical clock when the first attempt got its slot (the
+        # request goes out at or after it); None while the fetch is still queued.
+        self.sent: int | None = None
+
+
 class Hydrator:
     """Fetches related objects for thin events; use as `async with Hydrator(...) as h:`.
 
     Fetches run as tasks of the hydrator's own task group, so a fetch shared by several events
     survives one waiter being cancelled and no task outlives the `async with` block. At most
-    `concurrency` fetch calls are in flight; backoff sleeps do not hold a slot.
+    `concurrency` fetch calls are in flight; backoff sleeps do not hold a slot. Retries follow
+    `ingestor.retry` (Stripe-Should-Retry obeyed). One fetch takes at most `deadline_seconds`
+    from its first attempt, retries and backoff included; then its events get
+    `Hydration("failed")`, so a stuck object cannot hold its stream. The deadline starts at
+    the first attempt, not at the call: queueing behind `concurrency` in a burst never fails
+    a healthy event.
     """
 
     def __init__(
@@ -43,6 +63,7 @@ class Hydrator:
         *,
         concurrency: int,
         max_attempts: int,
+        deadline_seconds: float = 60.0,
         backoff_base: float = 0.2,
         backoff_max: float = 5.0,
         clock_ms: Callable[[], int] = wall_ms,
@@ -51,17 +72,59 @@ class Hydrator:
     ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be >= 1")
+        if not deadline_seconds > 0:
+            raise ValueError("deadline_seconds must be positive")
         self._fetch = fetch
-        self._max_attempts = max_attempts
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
+        self._deadline = deadline_seconds
+        # "Equal jitter": at least half of each step, so a hydration's retries still spread out.
+        self._policy = RetryPolicy(
+            "hydration",
+            attempts=max_attempts,
+            base=backoff_base,
+            cap=backoff_max,
+            jitter_floor=0.5,
+            api=True,
+            sleep=sleep,
+            rng=jitter,
+        )
         self._clock_ms = clock_ms
-        self._sleep = sleep
-        self._jitter = jitter
         self._slots = asyncio.Semaphore(concurrency)
         self._group: asyncio.TaskGroup | None = None
-        # (url, account) -> (wall-clock ms the fetch started, its task)
-        self._inflight: dict[tuple[str, str | None], tuple[int, asyncio.Task[Hydration]]] = {}
+        # Our own logical clock: strictly increasing, so "before" and "after" never tie (a
+        # loop whose time stands still, as in simulated time, would tie every stamp).
+        self._ticks = itertools.count()
+        self._inflight: dict[tuple[str, str | None], tuple[_Flight, asyncio.Task[Hydration]]] = {}
+
+    @classmethod
+    def for_client(
+        cls,
+        client: StripeClient,
+        config: HydrateConfig,
+        *,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> Hydrator:
+        """A hydrator fetching through `client`, within `config.budget_share` of its budget.
+
+        The share is a sub-budget acquired before the shared one (`extra_budgets`), so a burst
+        of thin events can use at most that fraction of the rate and the rest is left to the
+        polls. Each fetch is one request (`max_retries=0`): the hydrator retries, once.
+        """
+        share = client.budget.share(config.budget_share)
+
+        async def fetch(url: str, account: str | None) -> dict[str, Any]:
+            api: Literal["v1", "v2"] = "v2" if "/v2/" in url else "v1"
+            body: dict[str, Any] = await client.request_json(
+                "GET", url, account=account, api=api, extra_budgets=(share,), max_retries=0
+            )
+            return body
+
+        return cls(
+            fetch,
+            concurrency=config.concurrency,
+            max_attempts=config.max_attempts,
+            deadline_seconds=config.deadline_seconds,
+            sleep=sleep,
+        )
 
     async def __aenter__(self) -> Hydrator:
         self._group = asyncio.TaskGroup()
@@ -79,63 +142,95 @@ class Hydrator:
         await group.__aexit__(exc_type, exc, tb)
 
     async def hydrate(self, event: Event) -> Hydration:
-        """The related object of `event` as fetched no earlier than the event was created."""
+        """The related object of `event`, fetched by a request sent after this call began."""
+        return await self._hydrate(event, next(self._ticks))
+
+    async def hydrate_all(self, events: Iterable[Event]) -> list[Hydration]:
+        """Hydrations in the order of `events`; one failing event never blocks the others.
+
+        Needs no lock and may run concurrently from several readers of one stream (and hold no
+        stream lock while it runs): the shared state is touched only between awaits on the
+        event loop, each call's results depend on its own events only, and a fetch that
+        several calls share is shielded from any one caller's cancellation. Each result comes
+        from a request sent after `hydrate_all` was called, so hydrating after the events were
+        listed, outside any lock, is as safe as inside it.
+        """
+        known = next(self._ticks)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self._hydrate(event, known)) for event in events]
+        return [task.result() for task in tasks]
+
+    async def _hydrate(self, event: Event, known: int) -> Hydration:
         if event.related_url is None:
             return Hydration("ok", self._clock_ms(), None)
         if self._group is None:
             raise ClosedError("Hydrator used outside its `async with` block")
         key = (event.related_url, event.account)
         current = self._inflight.get(key)
-        # A fetch that started before the event was created may return the object's state from
-        # before the change the event reports; only a fetch started since then can be shared.
-        if current is not None and current[0] >= event.created_ms:
+        # Shared only if the fetch's request goes out after the event was known to us (it
+        # had been listed by the time `known` was taken). Stripe lists an event once the
+        # change it reports is done, so an object read after that reflects at least the
+        # event's state: sharing never gives an event an object older than itself. Both
+        # stamps come from our own clock; Stripe's `created` is another machine's clock and
+        # says nothing about when our request left.
+        if current is not None and (current[0].sent is None or current[0].sent > known):
             HYDRATION_REQUESTS.labels(result="coalesced").inc()
             task = current[1]
         else:
-            task = self._group.create_task(self._fetch_with_retries(*key))
-            entry = (self._clock_ms(), task)
+            flight = _Flight()
+            task = self._group.create_task(self._fetch_with_retries(*key, flight))
+            entry = (flight, task)
             self._inflight[key] = entry
             task.add_done_callback(lambda _t: self._forget(key, entry))
         # Shielded: a cancelled waiter must not cancel a fetch other events are waiting on.
         return await asyncio.shield(task)
 
-    async def hydrate_all(self, events: Iterable[Event]) -> list[Hydration]:
-        """Hydrations in the order of `events`; one failing event never blocks the others."""
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self.hydrate(event)) for event in events]
-        return [task.result() for task in tasks]
-
     def _forget(
-        self, key: tuple[str, str | None], entry: tuple[int, asyncio.Task[Hydration]]
+        self, key: tuple[str, str | None], entry: tuple[_Flight, asyncio.Task[Hydration]]
     ) -> None:
         if self._inflight.get(key) is entry:
             del self._inflight[key]
 
-    async def _fetch_with_retries(self, url: str, account: str | None) -> Hydration:
-        attempt = 1
-        while True:
-            try:
-                async with self._slots:
-                    obj = await self._fetch(url, account)
-            except StripeNotFound:
+    async def _fetch_with_retries(
+        self, url: str, account: str | None, flight: _Flight
+    ) -> Hydration:
+        loop = asyncio.get_running_loop()
+        attempts = 0
+
+        async def attempt() -> dict[str, Any]:
+            nonlocal attempts
+            async with self._slots:
+                if flight.sent is None:
+                    flight.sent = next(self._ticks)
+                    deadline.reschedule(loop.time() + self._deadline)
+                attempts += 1
+                return await self._fetch(url, account)
+
+        try:
+            async with asyncio.timeout(None) as deadline:
+                obj = await self._policy.call(attempt, on_failure=self._on_failure)
+        except Exception as exc:  # every failure becomes a Hydration: one poison event
+            if deadline.expired():
+                HYDRATION_REQUESTS.labels(result="failed").inc()
+                error = (
+                    f"no answer within the {self._deadline:g} s hydration deadline"
+                    f" ({attempts} attempts)"
+                )
+                return Hydration("failed", self._clock_ms(), None, error)
+            if isinstance(exc, StripeNotFound):
                 HYDRATION_REQUESTS.labels(result="not_found").inc()
                 return Hydration("not_found", self._clock_ms())
-            except Exception as exc:  # every failure becomes a Hydration: one poison event
-                retriable = isinstance(exc, IngestorError) and exc.retriable
-                if not retriable or attempt >= self._max_attempts:
-                    HYDRATION_REQUESTS.labels(result="failed").inc()
-                    error = describe_error(exc)
-                    if retriable:
-                        error = f"gave up after {attempt} attempts: {error}"
-                    return Hydration("failed", self._clock_ms(), None, error)
-                HYDRATION_REQUESTS.labels(result="retry").inc()
-                await self._sleep(self._backoff(attempt))
-                attempt += 1
-                continue
-            HYDRATION_REQUESTS.labels(result="ok").inc()
-            return Hydration("ok", self._clock_ms(), obj)
+            HYDRATION_REQUESTS.labels(result="failed").inc()
+            error = describe_error(exc)
+            if self._policy.retriable(exc):
+                error = f"gave up after {attempts} attempts: {error}"
+            return Hydration("failed", self._clock_ms(), None, error)
+        HYDRATION_REQUESTS.labels(result="ok").inc()
+        return Hydration("ok", self._clock_ms(), obj)
 
-    def _backoff(self, attempt: int) -> float:
-        # Exponential with "equal jitter": at least half the step, so retries still spread out.
-        step = min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
-        return step / 2 + self._jitter() * step / 2
+    def _on_failure(self, failure: Failure) -> None:
+        if failure.will_retry:
+            HYDRATION_REQUESTS.labels(result="retry").inc()
+        if not isinstance(failure.cause, IngestorError):
+            # The Stripe client reports its own failures; anything else is news.
+            self._policy.log_failure(failure)

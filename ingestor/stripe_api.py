@@ -32,9 +32,10 @@ from ingestor.errors import (
     TransportError,
     TransportTruncated,
 )
-from ingestor.metrics import API_REQUESTS, API_RETRIES, ERRORS, RATE_LIMITED
+from ingestor.metrics import API_REQUESTS, RATE_LIMITED
 from ingestor.ratelimit import RateBudget, Sleep
 from ingestor.resource import AsyncResource
+from ingestor.retry import Failure, RetryPolicy
 from ingestor.transport import AiohttpTransport, HttpResponse, Transport
 
 log = structlog.get_logger(__name__)
@@ -85,18 +86,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class _Failure(Exception):
-    """One failed attempt: the error to raise, and Stripe's retry hints from the headers."""
+    """One failed attempt: the error to raise (carrying Stripe's retry hints, if any)."""
 
-    def __init__(
-        self,
-        error: StripeError,
-        should_retry: bool | None = None,
-        retry_after: float | None = None,
-    ) -> None:
+    def __init__(self, error: StripeError) -> None:
         super().__init__(error.message)
         self.error = error
-        self.should_retry = should_retry
-        self.retry_after = retry_after
 
 
 class StripeClient(AsyncResource):
@@ -104,8 +98,9 @@ class StripeClient(AsyncResource):
 
     `request` is the one door: it builds the URL (never leaving `api_base`'s origin),
     sets auth/version/account headers, spends the rate budget(s), and retries retriable
-    failures with full-jitter exponential backoff. A 2xx body goes through `parse` inside
-    the retry loop, so a garbage 200 is retried like a truncated body.
+    failures under `ingestor.retry` (full-jitter exponential backoff, `Stripe-Should-Retry`
+    obeyed, `Retry-After` as a floor). A 2xx body goes through `parse` inside each attempt,
+    so a garbage 200 is retried like a truncated body.
 
     `transport` carries each exchange; without one the client makes (and closes) its own
     `AiohttpTransport`. A transport passed in belongs to the caller, who closes it.
@@ -133,8 +128,15 @@ class StripeClient(AsyncResource):
         self._origin = (base.scheme, base.hostname, base.port or _default_port(base.scheme))
         self._budget = budget if budget is not None else RateBudget(config.effective_rate_limit)
         self._files_budget = RateBudget(config.files_rate_limit, report=False)
-        self._sleep = sleep
-        self._rng = rng
+        self._policy = RetryPolicy(
+            "stripe request",
+            attempts=config.max_retries + 1,
+            base=config.backoff_base,
+            cap=config.backoff_max,
+            api=True,
+            sleep=sleep,
+            rng=rng,
+        )
         stall = stall_timeout if stall_timeout is not None else DEFAULT_STALL_SECONDS
         self._request_timeout = config.request_timeout
         self._stall_timeout = min(stall, config.request_timeout)
@@ -242,11 +244,12 @@ class StripeClient(AsyncResource):
         if path.startswith(FILES_PREFIX):
             budgets.append(self._files_budget)
         budgets.append(self._budget)  # the shared one last: never hold its token while queued
-        retries = self._config.max_retries if max_retries is None else max(0, max_retries)
+        policy = self._policy
+        if max_retries is not None:
+            policy = policy.with_attempts(max(0, max_retries) + 1)
         bound = log.bind(endpoint=endpoint, method=method, account=account)
-        attempt = 0
-        while True:
-            attempt += 1
+
+        async def attempt() -> Response[T]:
             for budget in budgets:
                 await budget.acquire()
             if self._closed:
@@ -265,32 +268,32 @@ class StripeClient(AsyncResource):
                         MalformedResponse(exc.message, status=status, request_id=request_id)
                     ) from exc
             except _Failure as failure:
-                error = failure.error
-                retry = error.retriable if failure.should_retry is None else failure.should_retry
-                ERRORS.labels(kind=type(error).__name__).inc()
-                if isinstance(error, StripeRateLimited):
-                    RATE_LIMITED.inc()
-                    for budget in budgets:
-                        budget.on_rate_limited()
-                bound.warning(
-                    "stripe request failed",
-                    status=error.status,
-                    request_id=error.request_id,
-                    attempt=attempt,
-                    error=type(error).__name__,
-                    error_type=error.error_type,
-                    code=error.code,
-                    message=error.message,
-                    will_retry=retry and attempt <= retries,
-                )
-                if not retry or attempt > retries:
-                    raise error from failure.__cause__
-                API_RETRIES.labels(reason=_retry_reason(error)).inc()
-                await self._sleep(self._backoff(attempt, failure.retry_after))
-                continue
+                raise failure.error from failure.__cause__
             for budget in budgets:
                 budget.on_success()
             return Response(result, request_id, status)
+
+        def failed(failure: Failure) -> None:
+            error = failure.cause
+            if not isinstance(error, StripeError):
+                return  # closed, or a bug in `parse`: final, and the caller's to report
+            if isinstance(error, StripeRateLimited):
+                RATE_LIMITED.inc()
+                for budget in budgets:
+                    budget.on_rate_limited()
+            bound.warning(
+                "stripe request failed",
+                status=error.status,
+                request_id=error.request_id,
+                attempt=failure.attempt,
+                error=type(error).__name__,
+                error_type=error.error_type,
+                code=error.code,
+                message=error.message,
+                will_retry=failure.will_retry,
+            )
+
+        return await policy.call(attempt, on_failure=failed)
 
     async def _attempt(
         self,
@@ -334,7 +337,9 @@ class StripeClient(AsyncResource):
         should_retry = resp_headers.get("Stripe-Should-Retry")
         retry_after = _retry_after(resp_headers.get("Retry-After"))
         header = None if should_retry is None else should_retry.strip().lower() == "true"
-        raise _Failure(self._error(status, raw, request_id), header, retry_after)
+        raise _Failure(
+            self._error(status, raw, request_id, should_retry=header, retry_after=retry_after)
+        )
 
     def _decode(self, raw: bytes) -> dict[str, Any]:
         """The JSON object a 2xx promises; MalformedResponse (retriable) for anything else."""
@@ -349,8 +354,17 @@ class StripeClient(AsyncResource):
             raise MalformedResponse(f"expected a JSON object, got {type(body).__name__}")
         return body
 
-    def _error(self, status: int, raw: bytes, request_id: str | None) -> StripeError:
-        """Maps a non-2xx answer to the error family, quoting Stripe's type/code/message."""
+    def _error(
+        self,
+        status: int,
+        raw: bytes,
+        request_id: str | None,
+        *,
+        should_retry: bool | None = None,
+        retry_after: float | None = None,
+    ) -> StripeError:
+        """Maps a non-2xx answer to the error family, quoting Stripe's type/code/message;
+        the error carries the `Stripe-Should-Retry` and `Retry-After` hints for its callers."""
         err: dict[str, Any] = {}
         try:
             body = orjson.loads(raw)
@@ -384,20 +398,20 @@ class StripeClient(AsyncResource):
             cls = CursorExpired
         else:
             cls = StripeInvalidRequest
-        return cls(text, status=status, request_id=request_id, error_type=etype, code=code)
+        return cls(
+            text,
+            status=status,
+            request_id=request_id,
+            error_type=etype,
+            code=code,
+            should_retry=should_retry,
+            retry_after=retry_after,
+        )
 
     def _scrub(self, text: str) -> str:
         # Stripe masks keys in its messages, but a proxy or a test server might not.
         key = self._config.api_key.reveal()
         return text.replace(key, "[key]") if key else text
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        cap = min(self._config.backoff_max, self._config.backoff_base * 2.0 ** (attempt - 1))
-        delay = self._rng() * cap
-        if retry_after is not None:
-            # Honoured as a floor, but never beyond backoff_max: a huge value must not wedge us.
-            delay = max(delay, min(retry_after, self._config.backoff_max))
-        return delay
 
     def _url(self, path_or_url: str, params: Sequence[tuple[str, str]]) -> tuple[str, str]:
         """The absolute URL to call and its path; refuses anything off `api_base`'s origin."""
@@ -453,20 +467,6 @@ def _is_cursor_expired(param: str | None, message: str) -> bool:
     if param is not None:
         return param.split("[", 1)[0] in _CURSOR_PARAMS and hinted
     return hinted and ("cursor" in lowered or "timestamp" in lowered or "event" in lowered)
-
-
-def _retry_reason(exc: StripeError) -> str:
-    if isinstance(exc, StripeRateLimited):
-        return "rate_limited"
-    if isinstance(exc, StripeConnectionError):
-        return "connection"
-    if isinstance(exc, MalformedResponse):
-        return "malformed"
-    if exc.status == 409:
-        return "conflict"
-    if exc.status is not None and exc.status >= 500:
-        return "server_error"
-    return "should_retry"
 
 
 __all__ = ["Response", "StripeClient", "endpoint_template"]

@@ -141,3 +141,19 @@ def test_secret_never_shows_in_repr_str_or_show() -> None:
     assert KEY not in text
     assert "hunter2-sasl" not in text
     assert config.MASK in text
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("hydrate.budget_share", "0"),
+        ("hydrate.budget_share", "1.5"),
+        ("hydrate.deadline_seconds", "0"),
+        ("hydrate.deadline_seconds", "-1"),
+    ],
+)
+def test_hydrate_share_and_deadline_are_validated(key: str, value: str) -> None:
+    """A hydration budget share outside (0, 1] or a non-positive deadline names its key."""
+    with pytest.raises(ConfigError) as info:
+        config.load(env={"STRIPE_API_KEY": KEY}, flags={key: value}, defaults_file=None)
+    assert info.value.setting == key

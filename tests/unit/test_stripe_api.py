@@ -469,3 +469,18 @@ async def test_files_requests_also_spend_and_slow_the_files_budget(
     stub.push(limited, OK)
     await client.request_json("GET", "/v1/events")
     assert client.files_budget.rate == rate_after_files  # other endpoints leave it alone
+
+
+async def test_raised_error_carries_stripe_should_retry_and_retry_after(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """The headers of the final answer travel on the error, for callers that retry again."""
+    final = error(503, "busy", type="api_error")
+    final.headers.update({"Stripe-Should-Retry": "false", "Retry-After": "2"})
+    stub.push(final, error(500, "plain", type="api_error"))
+    with pytest.raises(StripeServerError) as marked:
+        await client.request_json("GET", "/v1/events", max_retries=0)
+    assert (marked.value.should_retry, marked.value.retry_after) == (False, 2.0)
+    with pytest.raises(StripeServerError) as plain:
+        await client.request_json("GET", "/v1/events", max_retries=0)
+    assert (plain.value.should_retry, plain.value.retry_after) == (None, None)
