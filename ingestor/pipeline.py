@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from typing import Any, Literal, TypeVar
 
 import structlog
 
-from ingestor import clock, metrics
+from ingestor import clock, metrics, retry
 from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan, Timed
 from ingestor.committer import Batch, CommitQueue, Committer, IngestMode, Routed
 from ingestor.config import Config, KafkaConfig, Loaded
@@ -26,7 +25,7 @@ from ingestor.events import Event, Hydration, Stream
 from ingestor.hydrate import Hydrator
 from ingestor.log import TransactionalLog
 from ingestor.observe import GapAlarm, HealthServer, Readiness
-from ingestor.pages import fetch_object, v1_pages, v2_pages
+from ingestor.pages import v1_pages, v2_pages
 from ingestor.plan import lost_window, plan_backfill, retention_edge, retention_floor
 from ingestor.plan import read_through as plan_read_through
 from ingestor.progress import ProgressReporter
@@ -568,28 +567,10 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _retrying(fn: Callable[[], Any], what: str) -> None:
-    """Re-runs `fn` after retriable failures with capped exponential backoff.
-
-    `fn` may run a task group (the backfiller does), so the error can arrive wrapped in an
-    exception group: it is unwrapped to decide, and re-raised as it came when not retriable.
-    """
-    failures = 0
-    while True:
-        try:
-            await fn()
-            return
-        except (IngestorError, BaseExceptionGroup) as raised:
-            exc = _unwrap(raised)
-            if not isinstance(exc, IngestorError):
-                raise
-            metrics.ERRORS.labels(kind=type(exc).__name__).inc()
-            if not exc.retriable:
-                raise
-            delay = min(30.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0)
-            log.warning(f"{what} failed; retrying", error=str(exc), retry_in_s=round(delay, 2))
-            failures += 1
-            await asyncio.sleep(delay)
+async def _retrying(fn: Callable[[], Awaitable[object]], what: str) -> None:
+    """Re-runs `fn` after retriable failures with capped exponential backoff; `fn` may run a
+    task group (the backfiller does): the policy judges the error inside the group."""
+    await retry.forever(what).call(fn)
 
 
 # --- process entry ------------------------------------------------------------------------
@@ -659,60 +640,61 @@ async def serve(
         if http
         else contextlib.nullcontext()
     )
-    async with health, StripeClient(cfg.stripe, transport=transport) as client:
+    async with (
+        health,
+        StripeClient(cfg.stripe, transport=transport) as client,
+        Hydrator.for_client(client, cfg.hydrate) as hydrator,
+    ):
+        streams = await discover_streams(cfg, client)
+        restart = retry.forever(
+            "kafka generation", on=(KafkaUnavailable,), sleep=retry.until_set(stop)
+        )
+        generation: Pipeline | None = None
 
-        async def fetch(url: str, account: str | None) -> dict[str, Any]:
-            api: Literal["v1", "v2"] = "v2" if "/v2/" in url else "v1"
-            return await fetch_object(client, url, account=account, api=api, max_retries=0)
+        async def run_generation() -> None:
+            nonlocal generation
+            generation = None
+            if stop.is_set():
+                return
+            async with open_log(cfg.kafka) as sink:
 
-        async with Hydrator(
-            fetch, concurrency=cfg.hydrate.concurrency, max_attempts=cfg.hydrate.max_attempts
-        ) as hydrator:
-            streams = await discover_streams(cfg, client)
-            failures = 0
-            while not stop.is_set():
-                generation: Pipeline | None = None
-                try:
-                    async with open_log(cfg.kafka) as sink:
+                async def kafka_ok(sink: TransactionalLog = sink) -> bool:
+                    return sink.healthy
 
-                        async def kafka_ok(sink: TransactionalLog = sink) -> bool:
-                            return sink.healthy
+                readiness.add_probe("kafka", kafka_ok)
+                generation = Pipeline(
+                    cfg,
+                    client,
+                    sink,
+                    hydrator,
+                    readiness,
+                    streams,
+                    backfill=backfill,
+                    since=since,
+                    once=once,
+                    outcome=outcome,
+                )
+                await generation.run(stop)
 
-                        readiness.add_probe("kafka", kafka_ok)
-                        generation = Pipeline(
-                            cfg,
-                            client,
-                            sink,
-                            hydrator,
-                            readiness,
-                            streams,
-                            backfill=backfill,
-                            since=since,
-                            once=once,
-                            outcome=outcome,
-                        )
-                        await generation.run(stop)
-                    break
-                except (KafkaUnavailable, BaseExceptionGroup) as exc:
-                    cause = _unwrap(exc)
-                    if not isinstance(cause, KafkaUnavailable):
-                        raise cause from None
-                    # The last transaction's outcome is unknown: rebuild from the state topic
-                    # (what Kafka really holds) instead of guessing.
-                    readiness.mark_kafka(False)
-                    metrics.ERRORS.labels(kind=type(cause).__name__).inc()
-                    if generation is not None and generation.restored:
-                        failures = 0  # a new outage, not the same one: start the backoff over
-                    failures += 1
-                    delay = min(30.0, 0.5 * 2**failures)
-                    log.warning(
-                        "kafka unavailable; restarting from committed state",
-                        error=str(cause),
-                        retry_in_s=delay,
-                    )
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await stop.wait()
+        def kafka_down(f: retry.Failure) -> None:
+            # The last transaction's outcome is unknown: the next generation rebuilds
+            # from the state topic (what Kafka really holds) instead of guessing.
+            readiness.mark_kafka(False)
+            log.warning(
+                "kafka unavailable; restarting from committed state",
+                error=str(f.cause),
+                retry_in_s=round(f.delay, 2),
+            )
+
+        def fresh(_cause: BaseException) -> bool:
+            # A generation that restored state was healthy: this is a new outage, so the
+            # backoff starts over.
+            return generation is not None and generation.restored
+
+        try:
+            await restart.call(run_generation, on_failure=kafka_down, fresh=fresh)
+        except BaseExceptionGroup as exc:
+            raise _unwrap(exc) from None
     if once and outcome.lost_windows:
         return EXIT_DATA_LOST
     if once and outcome.parked:

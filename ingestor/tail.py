@@ -8,9 +8,8 @@ from typing import TypeVar
 
 import structlog
 
-from ingestor import clock, metrics
+from ingestor import clock, metrics, retry
 from ingestor.config import TailConfig
-from ingestor.errors import IngestorError
 from ingestor.events import Event
 from ingestor.ratelimit import RateBudget
 from ingestor.stream import StreamState
@@ -198,15 +197,4 @@ class Tail:
 async def _retrying(fn: Callable[[], Awaitable[T]], what: str) -> T:
     """Re-runs `fn` after retriable failures (the client already retried each request);
     re-raises what retrying cannot fix, such as a revoked key."""
-    failures = 0
-    while True:
-        try:
-            return await fn()
-        except IngestorError as exc:
-            metrics.ERRORS.labels(kind=type(exc).__name__).inc()
-            if not exc.retriable:
-                raise
-            delay = min(30.0, 0.5 * 2**failures)
-            log.warning(f"{what} failed; retrying", error=str(exc), retry_in_s=delay)
-            failures += 1
-            await asyncio.sleep(delay)
+    return await retry.forever(what).call(fn)

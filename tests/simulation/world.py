@@ -21,7 +21,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,8 +169,10 @@ class Report:
             items = getattr(self, name)
             if items:
                 parts.append(f"{name}: {items[:5]}")
-        parts.append(f"replay: python -m tests.simulation.run --seed {self.plan.seed} "
-                     f"--hours {self.plan.hours:g}")
+        parts.append(
+            f"replay: python -m tests.simulation.run --seed {self.plan.seed} "
+            f"--hours {self.plan.hours:g}"
+        )
         return "\n".join(parts)
 
 
@@ -296,10 +298,8 @@ async def run_plan(plan: Plan) -> Report:
                 for log in logs_open:
                     log.crash()
                 logs_open.clear()
-                try:
+                with suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
 
             async def graceful(task: asyncio.Task[int]) -> None:
                 stop.set()
@@ -404,9 +404,11 @@ def _check(
 ) -> None:
     events = sim.events
     views = sim.views
-    revoked_stream = {
-        ix for ix, s in enumerate(events.streams) if s.account == REVOKED
-    } if any(s.kind == "revoke" for s in plan.steps) else set()
+    revoked_stream = (
+        {ix for ix, s in enumerate(events.streams) if s.account == REVOKED}
+        if any(s.kind == "revoke" for s in plan.steps)
+        else set()
+    )
     expected: dict[str, int] = {}
     for serial in range(len(events)):
         if events.visible[serial] and events.stream[serial] not in revoked_stream:
@@ -428,9 +430,9 @@ def _check(
     overlap_ms = int(OVERLAP_S * 1000)
     seqs: dict[tuple[str, int, bytes | None], list[int]] = defaultdict(list)
     for r in records:
-        serial = expected.get(_header(r.headers, "event_id"))
-        if serial is not None and not r.topic.endswith(".dlq"):
-            seqs[(r.topic, r.partition, r.key)].append(serial)
+        found = expected.get(_header(r.headers, "event_id"))
+        if found is not None and not r.topic.endswith(".dlq"):
+            seqs[(r.topic, r.partition, r.key)].append(found)
 
     def late(serial: int) -> bool:
         return events.visible_at[serial] - events.created_ms[serial] > overlap_ms
