@@ -298,7 +298,8 @@ async def run_plan(plan: Plan) -> Report:
                 for log in logs_open:
                     log.crash()
                 logs_open.clear()
-                with suppress(asyncio.CancelledError):
+                # Whatever the dying process still raises (its log is gone) is moot.
+                with suppress(asyncio.CancelledError, Exception, BaseExceptionGroup):
                     await task
 
             async def graceful(task: asyncio.Task[int]) -> None:

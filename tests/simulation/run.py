@@ -1,0 +1,61 @@
+"""Runs simulation seeds from the command line: `python -m tests.simulation.run --seed N`
+replays one; `--seeds N` runs N seeds from `--first` and prints the totals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import looptime
+
+from tests.simulation.world import Report, make_plan, run_plan
+
+
+def _run(seed: int, hours: float, rate: float | None) -> Report:
+    async def main() -> Report:
+        return await run_plan(make_plan(seed, hours=hours, rate=rate))
+
+    loop = looptime.new_event_loop(start=0.0)
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.simulation.run")
+    parser.add_argument("--seed", type=int, help="replay this one seed")
+    parser.add_argument("--seeds", type=int, default=1, help="how many seeds from --first")
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--hours", type=float, default=1.0, help="simulated hours per seed")
+    parser.add_argument("--rate", type=float, default=None, help="events/s (default: drawn)")
+    args = parser.parse_args(argv)
+    seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
+    totals = {"seeds": 0, "hours": 0.0, "events": 0, "crashes": 0, "stops": 0, "outages": 0}
+    bad = {"lost": 0, "duplicated": 0, "out_of_order": 0}
+    failed: list[int] = []
+    for seed in seeds:
+        report = _run(seed, args.hours, args.rate)
+        print(report.summary() if report.ok else report.failure(), flush=True)
+        totals["seeds"] += 1
+        totals["hours"] += report.simulated_hours
+        totals["events"] += report.events
+        totals["crashes"] += report.crashes
+        totals["stops"] += report.stops
+        totals["outages"] += report.outages
+        for name in bad:
+            bad[name] += len(getattr(report, name))
+        if not report.ok:
+            failed.append(seed)
+    print(
+        f"total: {totals['seeds']} seeds, {totals['hours']:.1f} simulated hours, "
+        f"{totals['events']} events checked, {totals['crashes']} crashes, {totals['stops']} "
+        f"stops, {totals['outages']} outages; lost {bad['lost']}, duplicated "
+        f"{bad['duplicated']}, out of order {bad['out_of_order']}; failed seeds {failed}"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
