@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class Clock(Protocol):
@@ -94,8 +94,11 @@ def current() -> Clock:
     return _current
 
 
+C = TypeVar("C", bound=Clock)
+
+
 @contextmanager
-def use(clock: Clock) -> Iterator[Clock]:
+def use(clock: C) -> Iterator[C]:
     """Installs `clock` for the block; the previous clock is back afterwards, however it ends."""
     global _current
     previous, _current = _current, clock

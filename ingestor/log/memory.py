@@ -312,6 +312,9 @@ class MemoryLog(AsyncResource):
     def in_transaction(self) -> bool:
         return self._txn is not None
 
+    async def start(self) -> None:
+        self._check_open()
+
     async def close(self) -> None:
         """Lets a commit in progress finish, then refuses further work; safe to call twice."""
         if self._closed:

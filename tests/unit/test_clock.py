@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,30 @@ async def test_under_looptime_monotonic_and_wall_advance_by_exactly_the_slept_ti
         await asyncio.sleep(0.001)
         assert clock.wall_ms() - w0 == 3_600_301
     assert time.perf_counter() - real < 5  # an hour simulated, not waited
+
+
+@pytest.fixture
+async def loop_clock() -> AsyncIterator[LoopClock]:
+    # Entered in the fixture's set-up and left in its tear-down, which pytest-asyncio runs in
+    # different contexts: a ContextVar-based `use` would fail here at tear-down.
+    with clock.use(LoopClock(EPOCH_MS)) as installed:
+        yield installed
+    assert isinstance(clock.current(), SystemClock)
+
+
+@pytest.mark.looptime
+async def test_a_clock_installed_by_an_async_fixture_holds_for_the_test(
+    loop_clock: LoopClock,
+) -> None:
+    """A LoopClock installed by a fixture is the clock the test and its tasks read."""
+    assert clock.current() is loop_clock
+    start = clock.wall_ms()
+
+    async def later() -> int:
+        await asyncio.sleep(90)
+        return clock.wall_ms()
+
+    assert await asyncio.create_task(later()) - start == 90_000
 
 
 @pytest.mark.looptime
