@@ -26,7 +26,8 @@ _warned: set[tuple[str, str]] = set()
 
 @dataclass(frozen=True)
 class Page:
-    """One list page, events in Stripe's order (newest first).
+    """One list page, events in Stripe's order (newest first), only those inside the created
+    range the walk asked for.
 
     `cursor` resumes the walk after this page: the v1 `starting_after` id or the v2
     `next_page_url`; None on the last page.

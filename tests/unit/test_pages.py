@@ -308,6 +308,22 @@ async def test_v1_events_outside_the_range_are_dropped_counted_and_warned_once_p
     assert anomalies("v1:acct_range2", "out_of_range") >= 2
 
 
+async def test_adjacent_reads_each_keep_only_their_own_events_from_a_filterless_server(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """Two adjacent v1 reads [T0, T0+1000) and [T0+1000, T0+2000) against a server that returns
+    the same events to both: each event, boundary ones included, is kept by exactly one read."""
+    events = [v1_event(i) for i in (1999, 1000, 999, 0)]
+    stub.fallback = v1_list(events, has_more=False)
+    kept: list[str] = []
+    for lo in (T0, T0 + 1000):
+        got = await collect(
+            v1_pages(client, account="acct_adj", created_gte=lo, created_lt=lo + 1000)
+        )
+        kept += [e.id for p in got for e in p.events]
+    assert sorted(kept) == sorted(e["id"] for e in events)
+
+
 async def test_v2_events_outside_the_range_are_dropped_counted_and_warned_once_per_stream(
     stub: StripeStub, client: StripeClient
 ) -> None:
