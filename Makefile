@@ -4,11 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# stripe-mock (Stripe's OpenAPI mock server), a conformance server for tests/conformance.
+STRIPE_MOCK := $(VENV)/bin/stripe-mock
+STRIPE_MOCK_VERSION := v0.203.0
+STRIPE_MOCK_STAMP := $(VENV)/.stripe-mock-version
 export PYTHON_BIN := $(abspath $(PY))
 
-.PHONY: install kafka-up kafka-down test lint unit demo bench chaos clean
+.PHONY: install stripe-mock kafka-up kafka-down test lint unit demo bench chaos clean
 
-install: $(STAMP)
+install: $(STAMP) stripe-mock
 
 # Re-installs only when pyproject.toml changes, so `make install` is fast when done.
 $(STAMP): pyproject.toml
@@ -20,6 +24,15 @@ $(STAMP): pyproject.toml
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; } >/dev/null \
 	  || echo "warning: could not install docker-compose; the compose validation test will fail" >&2; }
 	@touch $(STAMP)
+
+# Built with Go into the venv; skipped when that version is already there.
+stripe-mock: $(STAMP)
+	@if test -x $(STRIPE_MOCK) && test "$$(cat $(STRIPE_MOCK_STAMP) 2>/dev/null)" = $(STRIPE_MOCK_VERSION); then :; else \
+	  command -v go >/dev/null 2>&1 || { echo "go is needed to build stripe-mock (tests/conformance)" >&2; exit 1; }; \
+	  echo "building stripe-mock $(STRIPE_MOCK_VERSION) into $(VENV)/bin"; \
+	  GOBIN=$(abspath $(VENV)/bin) go install github.com/stripe/stripe-mock@$(STRIPE_MOCK_VERSION) && \
+	  echo $(STRIPE_MOCK_VERSION) > $(STRIPE_MOCK_STAMP); \
+	fi
 
 kafka-up: install
 	@PYTHON=$(abspath $(PY)) dev/kafka/kafka.sh up

@@ -18,6 +18,15 @@ API_REQUESTS = Counter(
     ["endpoint", "status"],
     registry=REGISTRY,
 )
+API_ANOMALIES = Counter(
+    "ingestor_api_anomalies",
+    "List answers that break the API's contract, by stream and kind: out_of_range (an event "
+    "outside the created range the request asked for, dropped) and stuck_cursor (a page "
+    "cursor that does not advance; the walk ends there).",
+    ["stream", "kind"],
+    registry=REGISTRY,
+)
+API_ANOMALY_KINDS = ("out_of_range", "stuck_cursor")
 API_RETRIES = Counter(
     "ingestor_api_retries",
     "Stripe API requests retried, by reason.",

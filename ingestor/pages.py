@@ -7,19 +7,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import structlog
 
+from ingestor import metrics
 from ingestor.errors import MalformedResponse
-from ingestor.events import V1_LIST, Api, Event, ms_to_rfc3339
+from ingestor.events import V1_LIST, Api, Event, Stream, ms_to_rfc3339
 from ingestor.ratelimit import RateBudget
 from ingestor.stripe_api import StripeClient
+
+log = structlog.get_logger(__name__)
 
 V1_EVENTS = "/v1/events"
 V2_EVENTS = "/v2/core/events"
 
+_warned: set[tuple[str, str]] = set()
+"""(stream key, anomaly kind) already logged: each warns once per process, then only counts."""
+
 
 @dataclass(frozen=True)
 class Page:
-    """One list page, events in Stripe's order (newest first).
+    """One list page, events in Stripe's order (newest first), only those inside the created
+    range the walk asked for.
 
     `cursor` resumes the walk after this page: the v1 `starting_after` id or the v2
     `next_page_url`; None on the last page.
@@ -68,6 +76,89 @@ def _v2_parser(account: str | None, api_version: str) -> Callable[[dict[str, Any
     return parse
 
 
+def _anomaly(stream: Stream, kind: str, n: int, message: str, **fields: Any) -> None:
+    metrics.API_ANOMALIES.labels(stream=stream.key, kind=kind).inc(n)
+    if (stream.key, kind) in _warned:
+        return
+    _warned.add((stream.key, kind))
+    log.warning(
+        message,
+        stream=stream.key,
+        kind=kind,
+        **fields,
+        more="later ones on this stream are only counted in ingestor_api_anomalies_total",
+    )
+
+
+def _export_zero(stream: Stream) -> None:
+    # A counter child exists (at 0) once labelled: dashboards see the series before any anomaly.
+    for kind in metrics.API_ANOMALY_KINDS:
+        metrics.API_ANOMALIES.labels(stream=stream.key, kind=kind)
+
+
+class _Range:
+    """The created range one walk asked for, [lo_ms, hi_ms), and how its request wrote it."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        lo_ms: int | None,
+        hi_ms: int | None,
+        show: Callable[[int], int | str],
+        requested: tuple[int | str | None, int | str | None],
+    ) -> None:
+        self.stream = stream
+        self.lo_ms = lo_ms
+        self.hi_ms = hi_ms
+        self._show = show
+        self._requested = requested
+
+    def keep(self, events: list[Event]) -> list[Event]:
+        """The events inside the range; the others are counted and dropped.
+
+        The reads of a stream partition time, so the read whose range covers an event's created
+        time is the one that publishes it: one that gets it anyway (a server ignoring the
+        filter) must not publish it too, or each read would publish it once more.
+        """
+        lo, hi = self.lo_ms, self.hi_ms
+        kept: list[Event] = []
+        outside: list[Event] = []
+        for e in events:
+            inside = (lo is None or e.created_ms >= lo) and (hi is None or e.created_ms < hi)
+            (kept if inside else outside).append(e)
+        if outside:
+            _anomaly(
+                self.stream,
+                "out_of_range",
+                len(outside),
+                "event outside the requested range",
+                event_id=outside[0].id,
+                created=self._show(outside[0].created_ms),
+                requested_gte=self._requested[0],
+                requested_lt=self._requested[1],
+                dropped=len(outside),
+                action="dropped: the read whose range covers its created time publishes it",
+            )
+        return kept
+
+    def below(self, events: list[Event]) -> bool:
+        """Whether the page ends before the range: a newest-first list only gets older after it,
+        so a server that ignores the lower bound would otherwise walk the whole history."""
+        return self.lo_ms is not None and bool(events) and events[-1].created_ms < self.lo_ms
+
+    def stuck(self, cursor: str) -> None:
+        _anomaly(
+            self.stream,
+            "stuck_cursor",
+            1,
+            "page cursor does not advance; the walk ends here",
+            cursor=cursor,
+            requested_gte=self._requested[0],
+            requested_lt=self._requested[1],
+            action="the repeated page is dropped; events after it in this range are not read",
+        )
+
+
 async def v1_pages(
     client: StripeClient,
     *,
@@ -82,7 +173,9 @@ async def v1_pages(
     """Walks `GET /v1/events` newest -> oldest with `starting_after` until `has_more` is false.
 
     `created_gte`/`created_lt` are unix seconds; one type is sent as `type`, several as
-    `types[]` (Stripe refuses both together).
+    `types[]` (Stripe refuses both together). Events outside [created_gte, created_lt) are
+    dropped from the pages and counted as anomalies; the walk also ends at a page that ends
+    before created_gte, and at a cursor it already followed (that page is a repeat, dropped).
     """
     base: list[tuple[str, str]] = [("limit", str(limit))]
     if created_gte is not None:
@@ -94,7 +187,16 @@ async def v1_pages(
     else:
         base.extend(("types[]", t) for t in types)
     parse = _v1_parser(account)
+    bounds = _Range(
+        Stream("v1", account),
+        None if created_gte is None else created_gte * 1000,
+        None if created_lt is None else created_lt * 1000,
+        lambda ms: ms // 1000,
+        (created_gte, created_lt),
+    )
+    _export_zero(bounds.stream)
     cursor = starting_after
+    followed = {cursor} if cursor else set()
     while True:
         params = [*base, ("starting_after", cursor)] if cursor else base
         response = await client.request(
@@ -107,9 +209,13 @@ async def v1_pages(
             parse_raw=parse,
         )
         page = response.body
-        yield Page(page.events, page.has_more, response.request_id, page.cursor)
-        if page.cursor is None:
+        if page.cursor is not None and page.cursor in followed:
+            bounds.stuck(page.cursor)
             return
+        yield Page(bounds.keep(page.events), page.has_more, response.request_id, page.cursor)
+        if page.cursor is None or bounds.below(page.events):
+            return
+        followed.add(page.cursor)
         cursor = page.cursor
 
 
@@ -126,7 +232,8 @@ async def v2_pages(
     """Walks `GET /v2/core/events`, following `next_page_url` until it is null.
 
     Bounds are unix milliseconds sent as RFC 3339; types go as `types=a&types=b`; the
-    account goes in `Stripe-Context`.
+    account goes in `Stripe-Context`. Out-of-range events, a page ending before the range and
+    a `next_page_url` already followed are handled as in `v1_pages`.
     """
     params: list[tuple[str, str]] = [("limit", str(limit))]
     if created_gte_ms is not None:
@@ -135,7 +242,19 @@ async def v2_pages(
         params.append(("created[lt]", ms_to_rfc3339(created_lt_ms)))
     params.extend(("types", t) for t in types)
     parse = _v2_parser(account, client.api_version)
+    bounds = _Range(
+        Stream("v2", account),
+        created_gte_ms,
+        created_lt_ms,
+        ms_to_rfc3339,
+        (
+            None if created_gte_ms is None else ms_to_rfc3339(created_gte_ms),
+            None if created_lt_ms is None else ms_to_rfc3339(created_lt_ms),
+        ),
+    )
+    _export_zero(bounds.stream)
     url = V2_EVENTS
+    followed = {url}
     while True:
         response = await client.request(
             "GET",
@@ -147,13 +266,13 @@ async def v2_pages(
             parse=parse,
         )
         page = response.body
-        yield Page(page.events, page.has_more, response.request_id, page.cursor)
-        if page.cursor is None:
+        if page.cursor is not None and page.cursor in followed:
+            bounds.stuck(page.cursor)
             return
-        if page.cursor == url:
-            raise MalformedResponse(
-                "v2 next_page_url points at the same page again", request_id=response.request_id
-            )
+        yield Page(bounds.keep(page.events), page.has_more, response.request_id, page.cursor)
+        if page.cursor is None or bounds.below(page.events):
+            return
+        followed.add(page.cursor)
         # The page URL already carries the filters; sending them again would duplicate them.
         url, params = page.cursor, []
 

@@ -1,11 +1,16 @@
-"""Fixtures: the simulator in a background thread (own event loop) and a stripe SDK client on it."""
+"""Fixtures: the simulator in a background thread (own event loop) and a stripe SDK client on
+it; stripe-mock (Stripe's OpenAPI mock server) as a subprocess on free ports."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import stripe
@@ -13,6 +18,10 @@ import stripe
 from ingestor.sim import SimServer, Simulator, load_scenario
 
 KEY = "sk_test_conformance"
+ROOT = Path(__file__).resolve().parents[2]
+# `make install` builds it there (pinned version, see the Makefile).
+STRIPE_MOCK_BIN = ROOT / ".venv" / "bin" / "stripe-mock"
+_LISTENING = re.compile(r"Listening for HTTP at address: (\S+)")
 
 
 @dataclass
@@ -65,3 +74,49 @@ def client(running_sim: RunningSim) -> stripe.StripeClient:
         base_addresses={"api": running_sim.url, "files": running_sim.url},
         max_network_retries=0,
     )
+
+
+@dataclass(frozen=True)
+class StripeMock:
+    """A running stripe-mock: `url` is its plain-HTTP base address; `log` its output."""
+
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def stripe_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StripeMock]:
+    """stripe-mock on 127.0.0.1 with ports the OS picks (read back from its output, so no
+    other process can take them in between); stopped afterwards. Fails, never skips, when the
+    binary is missing: `make install` builds it."""
+    assert STRIPE_MOCK_BIN.is_file(), f"missing {STRIPE_MOCK_BIN}: run `make install`"
+    log = tmp_path_factory.mktemp("stripe-mock") / "stripe-mock.log"
+    # Output to a file, not a pipe: it logs every request, and an unread pipe would fill up
+    # and block the server.
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(STRIPE_MOCK_BIN),
+                "-http-addr",
+                "127.0.0.1:0",
+                "-https-addr",
+                "127.0.0.1:0",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := _LISTENING.search(log.read_text(errors="replace"))):
+            assert proc.poll() is None, f"stripe-mock exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "stripe-mock did not start within 30 s"
+            time.sleep(0.05)
+        yield StripeMock(f"http://{found.group(1)}", log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

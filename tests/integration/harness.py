@@ -140,6 +140,7 @@ class Proc:
     out: Path
     err: Path
     http: str
+    key: str = TEST_KEY
 
     async def wait(self, within: float) -> int:
         return await asyncio.wait_for(self.proc.wait(), within)
@@ -154,14 +155,21 @@ class Proc:
 
 
 async def start(
-    sim_url: str, bootstrap: str, prefix: str, tmp: Path, *args: str, **settings: str
+    sim_url: str,
+    bootstrap: str,
+    prefix: str,
+    tmp: Path,
+    *args: str,
+    key: str = TEST_KEY,
+    **settings: str,
 ) -> Proc:
     """`ingestor run *args` against the simulator and broker; `settings` are `section__key`
-    overrides. Output goes to files in `tmp` (pipes could fill up and block the process)."""
+    overrides, `key` the API key (stripe-mock wants sk_test_ then letters and digits only).
+    Output goes to files in `tmp` (pipes could fill up and block the process)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_ENV)}
     port = free_port()
     env.update(
-        STRIPE_API_KEY=TEST_KEY,
+        STRIPE_API_KEY=key,
         STRIPE_API_BASE=sim_url,
         STRIPE_ACCOUNTS="all",
         STRIPE_RATE_LIMIT="400",
@@ -182,7 +190,7 @@ async def start(
         proc = await asyncio.create_subprocess_exec(
             str(PYTHON), "-m", "ingestor", "run", *args, env=env, cwd=ROOT, stdout=fo, stderr=fe
         )
-    return Proc(proc, out, err, f"http://127.0.0.1:{port}")
+    return Proc(proc, out, err, f"http://127.0.0.1:{port}", key)
 
 
 async def http_get(url: str) -> tuple[int, str]:
@@ -210,7 +218,7 @@ def check_output(p: Proc) -> list[dict[str, Any]]:
     assert lines
     docs = []
     for line in lines:
-        assert TEST_KEY not in line
+        assert p.key not in line
         doc = orjson.loads(line)
         assert isinstance(doc, dict), line
         docs.append(doc)

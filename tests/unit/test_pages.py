@@ -7,14 +7,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from ingestor import pages
 from ingestor.config import Secret, StripeConfig
 from ingestor.errors import MalformedResponse, StripeNotFound
 from ingestor.events import ms_to_rfc3339
+from ingestor.metrics import REGISTRY
 from ingestor.pages import Page, fetch_object, v1_pages, v2_pages
 from ingestor.ratelimit import RateBudget
 from ingestor.stripe_api import StripeClient
-from tests.unit.stripe_stub import Reply, Seen, StripeStub, error
+from tests.unit.stripe_stub import Reply, Script, Seen, StripeStub, error
 
 T0 = 1_760_000_000
 
@@ -216,25 +219,206 @@ async def test_v2_follows_next_page_url_until_null(stub: StripeStub, client: Str
     assert event.created_ms == T0 * 1000 + 5
 
 
-async def test_v2_garbage_page_is_retried_and_a_self_loop_is_refused(
+async def test_v2_garbage_page_is_retried_and_a_self_loop_ends_the_walk(
     stub: StripeStub, client: StripeClient
 ) -> None:
+    """A garbage v2 page is retried; a next_page_url pointing at the page just read is a stuck
+    cursor: counted, warned, the repeated page dropped and the walk ended (no endless loop)."""
     loop = "/v2/core/events?page=same"
     stub.push(
         Reply(json={"data": [{"id": "evt_x", "type": "t"}], "next_page_url": None}),
         Reply(json={"data": [v2_event(1)], "next_page_url": loop}),
-        Reply(json={"data": [], "next_page_url": loop}),
+        Reply(json={"data": [v2_event(1)], "next_page_url": loop}),
     )
-    seen: list[Page] = []
-
-    async def walk() -> None:
-        async for page in v2_pages(client, account=None):
-            seen.append(page)
-
-    with pytest.raises(MalformedResponse, match="same page"):
-        await walk()
-    assert [len(p.events) for p in seen] == [1, 0]
+    stub.fallback = Reply(json={"data": [v2_event(1)], "next_page_url": loop})
+    before = anomalies("v2:platform", "stuck_cursor")
+    with capture_logs() as logs:
+        seen = await collect(v2_pages(client, account=None))
+    assert [[e.id for e in p.events] for p in seen] == [["evt_test_0001"]]
+    assert len(stub.requests) == 3
+    assert anomalies("v2:platform", "stuck_cursor") == before + 1
+    (warning,) = [x for x in logs if x.get("kind") == "stuck_cursor"]
+    assert warning["cursor"] == loop
     assert "Stripe-Context" not in stub.requests[0].headers
+
+
+# --- events outside the requested range (a server that ignores the filters) -----------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no stream warned yet (the once-per-stream set is process-wide)."""
+    monkeypatch.setattr(pages, "_warned", set())
+
+
+def series(stream: str, kind: str) -> float | None:
+    labels = {"stream": stream, "kind": kind}
+    return REGISTRY.get_sample_value("ingestor_api_anomalies_total", labels)
+
+
+def anomalies(stream: str, kind: str) -> float:
+    return series(stream, kind) or 0.0
+
+
+def range_warnings(logs: list[Any]) -> list[Any]:
+    return [x for x in logs if x["event"] == "event outside the requested range"]
+
+
+def v1_list(events: list[dict[str, Any]], *, has_more: bool) -> Reply:
+    return Reply(json={"object": "list", "url": "/v1/events", "data": events, "has_more": has_more})
+
+
+def ignoring_filters(*pages_: Reply) -> Script:
+    """Answers page by page (by `starting_after` position) whatever the created filters say."""
+
+    def answer(seen: Seen) -> Reply:
+        return pages_[sum(1 for k, _ in seen.query if k == "starting_after")]
+
+    return answer
+
+
+async def test_v1_events_outside_the_range_are_dropped_counted_and_warned_once_per_stream(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """With a v1 range [T0, T0+1000) s, an event at T0+1000 (at created[lt]) and one at T0-1
+    (before created[gte]) are dropped and counted; T0 and T0+999 are kept. A second walk of the
+    same stream counts again without a second warning; another stream warns once too."""
+    pages_ = ignoring_filters(
+        v1_list([v1_event(1000), v1_event(999)], has_more=True),
+        v1_list([v1_event(0), v1_event(-1)], has_more=False),
+    )
+    stub.fallback = pages_
+    before = anomalies("v1:acct_range1", "out_of_range")
+    with capture_logs() as logs:
+        got = await collect(
+            v1_pages(client, account="acct_range1", created_gte=T0, created_lt=T0 + 1000)
+        )
+        assert [[e.id for e in p.events] for p in got] == [["evt_0999"], ["evt_0000"]]
+        assert [p.cursor for p in got] == ["evt_0999", None]  # the walk itself is unchanged
+        assert anomalies("v1:acct_range1", "out_of_range") == before + 2
+        await collect(v1_pages(client, account="acct_range1", created_gte=T0, created_lt=T0 + 1000))
+        assert anomalies("v1:acct_range1", "out_of_range") == before + 4
+        await collect(v1_pages(client, account="acct_range2", created_gte=T0, created_lt=T0 + 1000))
+    first, second = range_warnings(logs)
+    assert first["stream"] == "v1:acct_range1"
+    assert (first["event_id"], first["created"]) == ("evt_1000", T0 + 1000)
+    assert (first["requested_gte"], first["requested_lt"]) == (T0, T0 + 1000)
+    assert first["log_level"] == "warning"
+    assert second["stream"] == "v1:acct_range2"
+    assert anomalies("v1:acct_range2", "out_of_range") >= 2
+
+
+async def test_adjacent_reads_each_keep_only_their_own_events_from_a_filterless_server(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """Two adjacent v1 reads [T0, T0+1000) and [T0+1000, T0+2000) against a server that returns
+    the same events to both: each event, boundary ones included, is kept by exactly one read."""
+    events = [v1_event(i) for i in (1999, 1000, 999, 0)]
+    stub.fallback = v1_list(events, has_more=False)
+    kept: list[str] = []
+    for lo in (T0, T0 + 1000):
+        got = await collect(
+            v1_pages(client, account="acct_adj", created_gte=lo, created_lt=lo + 1000)
+        )
+        kept += [e.id for p in got for e in p.events]
+    assert sorted(kept) == sorted(e["id"] for e in events)
+
+
+async def test_v2_events_outside_the_range_are_dropped_counted_and_warned_once_per_stream(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """With a v2 range [T0 s, T0 s + 60 ms), events at +60 ms and -1 ms are dropped and counted;
+    +0 and +59 ms are kept; the warning names the range as RFC 3339, once per stream."""
+    lo, hi = T0 * 1000, T0 * 1000 + 60
+    stub.fallback = Reply(
+        json={
+            "data": [v2_event(60), v2_event(59), v2_event(0), v2_event(-1)],
+            "next_page_url": None,
+        }
+    )
+    before = {a: anomalies(f"v2:{a}", "out_of_range") for a in ("acct_v2r1", "acct_v2r2")}
+    with capture_logs() as logs:
+        for account in ("acct_v2r1", "acct_v2r1", "acct_v2r2"):
+            got = await collect(
+                v2_pages(client, account=account, created_gte_ms=lo, created_lt_ms=hi)
+            )
+            assert [e.id for p in got for e in p.events] == ["evt_test_0059", "evt_test_0000"]
+    assert anomalies("v2:acct_v2r1", "out_of_range") == before["acct_v2r1"] + 4
+    assert anomalies("v2:acct_v2r2", "out_of_range") == before["acct_v2r2"] + 2
+    first, second = range_warnings(logs)
+    assert (first["stream"], second["stream"]) == ("v2:acct_v2r1", "v2:acct_v2r2")
+    assert first["event_id"] == "evt_test_0060"
+    assert first["created"] == ms_to_rfc3339(hi)
+    assert (first["requested_gte"], first["requested_lt"]) == (ms_to_rfc3339(lo), ms_to_rfc3339(hi))
+
+
+async def test_a_walk_without_anomalies_exports_both_kinds_at_zero(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """Reading a stream labels its anomaly counters at 0, so the series exist before any."""
+    stub.fallback = V1Events(3)
+    with capture_logs() as logs:
+        got = await collect(v1_pages(client, account="acct_clean", created_gte=T0))
+    assert sum(len(p.events) for p in got) == 3
+    assert series("v1:acct_clean", "out_of_range") == 0
+    assert series("v1:acct_clean", "stuck_cursor") == 0
+    assert not [x for x in logs if x["log_level"] == "warning"]
+
+
+@pytest.mark.parametrize("has_more", [False, True])
+async def test_v1_the_same_old_event_on_every_page_ends_the_walk_at_once(
+    stub: StripeStub, client: StripeClient, has_more: bool
+) -> None:
+    """A server answering every request with one event older than created[gte] (as stripe-mock
+    does), has_more false or true, costs one request per walk: the page ends before the range,
+    so nothing newer can follow in a newest-first list."""
+    stub.fallback = v1_list([v1_event(-100)], has_more=has_more)
+    for _ in range(3):
+        got = await collect(v1_pages(client, account="acct_old", created_gte=T0))
+        assert [p.events for p in got] == [[]]
+    assert len(stub.requests) == 3
+
+
+async def test_v1_a_cursor_that_does_not_advance_is_counted_warned_and_ends_the_walk(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """has_more true forever with the same page (so the same starting_after): the repeat is
+    dropped (never yielded twice), stuck_cursor counted, one warning, and the walk ends after
+    the second request instead of looping."""
+    stub.fallback = v1_list([v1_event(5), v1_event(4)], has_more=True)
+    with capture_logs() as logs:
+        got = await collect(v1_pages(client, account="acct_stuck", created_gte=T0))
+        again = await collect(v1_pages(client, account="acct_stuck", created_gte=T0))
+    assert [[e.id for e in p.events] for p in got] == [["evt_0005", "evt_0004"]]
+    assert len(again) == 1
+    assert len(stub.requests) == 4
+    assert [dict(r.query).get("starting_after") for r in stub.requests[:2]] == [None, "evt_0004"]
+    assert anomalies("v1:acct_stuck", "stuck_cursor") >= 2
+    (warning,) = [x for x in logs if x.get("kind") == "stuck_cursor"]
+    assert warning["stream"] == "v1:acct_stuck"
+    assert warning["cursor"] == "evt_0004"
+
+
+async def test_v1_a_cursor_cycle_ends_the_walk(stub: StripeStub, client: StripeClient) -> None:
+    """Cursors A -> B -> A: the walk ends when it would follow A a second time."""
+    stub.push(
+        v1_list([v1_event(9), v1_event(8)], has_more=True),
+        v1_list([v1_event(7), v1_event(6)], has_more=True),
+        v1_list([v1_event(9), v1_event(8)], has_more=True),
+    )
+    got = await collect(v1_pages(client, account="acct_cycle", created_gte=T0))
+    assert [e.id for p in got for e in p.events] == [f"evt_{i:04d}" for i in (9, 8, 7, 6)]
+    assert len(stub.requests) == 3
+
+
+async def test_v2_a_page_ending_before_the_range_ends_the_walk(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """v2 too: a page whose oldest event is before created[gte] is the last one followed."""
+    stub.fallback = Reply(json={"data": [v2_event(-5)], "next_page_url": "/v2/core/events?p=2"})
+    got = await collect(v2_pages(client, account="acct_v2old", created_gte_ms=T0 * 1000))
+    assert [p.events for p in got] == [[]]
+    assert len(stub.requests) == 1
 
 
 async def test_fetch_object_follows_a_related_url_with_stripe_context(
