@@ -4,7 +4,6 @@ replays one; `--seeds N` runs N seeds from `--first` and prints the totals."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 import looptime
