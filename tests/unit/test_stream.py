@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
+
+from ingestor.config import KafkaConfig
 
 from ingestor.errors import StateCorrupt
 from ingestor.events import Event, Stream
 from ingestor.state import CHUNK_ENTRIES
+from ingestor.sink import RECORD_OVERHEAD
 from ingestor.stream import BUCKET_MS, BackfillProgress, StreamState
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 P = Stream("v1", "acct_123")
 
@@ -109,3 +116,34 @@ def test_an_unchanged_runtime_snapshots_nothing() -> None:
     rt.set_tail_start(0)
     rt.snapshot()
     assert rt.snapshot() == {}
+
+
+def v2_id(rng: random.Random) -> str:
+    """A real-length v2 (thin) event id: evt_test_ plus 48 base62 characters (57 in all)."""
+    return "evt_test_" + "".join(rng.choices(BASE62, k=48))
+
+
+def test_a_bucket_of_40k_real_length_v2_ids_fits_every_record_under_the_message_limit() -> None:
+    """Finding 5: every state record of a bucket of 40,000 57-character v2 ids, key and record
+    overhead included, stays within kafka.max_message_bytes (1 MB default), and restores exactly.
+    """
+    rng = random.Random(5)
+    stream = Stream("v2")
+    rt = StreamState(stream)
+    rt.set_tail_start(0)
+    ids = [v2_id(rng) for _ in range(40_000)]
+    rt.mark(
+        Event(
+            i, "v1.billing.meter.error_report_triggered", "v2", None, 5_000, False, None, "mtr", {}
+        )
+        for i in ids
+    )
+    snap = rt.snapshot()
+    limit = KafkaConfig().max_message_bytes
+    sizes = [len(k) + len(v) + RECORD_OVERHEAD for k, v in snap.items() if v is not None]
+    assert max(sizes) <= limit, max(sizes)
+    store: dict[bytes, bytes] = {}
+    apply(store, snap)
+    back = StreamState.restore(store)[stream]
+    assert all(back.seen.seen(i) for i in ids)
+    assert len(back.seen) == 40_000
