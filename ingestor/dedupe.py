@@ -31,16 +31,18 @@ class SeenBucket:
     hashes are Python's (seeded per process), which is fine: packed arrays are never persisted.
     """
 
-    __slots__ = ("_packed", "_packed_count", "_recent")
+    __slots__ = ("_other", "_packed", "_packed_count", "_recent")
 
     def __init__(self) -> None:
         self._recent: set[str] = set()
+        # Ids that are not ASCII cannot be packed by length; Stripe's never are.
+        self._other: set[str] | None = None
         # id length -> (sorted hashes, the ids' bytes concatenated in the same order)
         self._packed: dict[int, tuple[array[int], bytes]] = {}
         self._packed_count = 0
 
     def __contains__(self, event_id: str) -> bool:
-        if event_id in self._recent:
+        if event_id in self._recent or (self._other is not None and event_id in self._other):
             return True
         run = self._packed.get(len(event_id))
         if run is None:
@@ -60,39 +62,41 @@ class SeenBucket:
         return False
 
     def __len__(self) -> int:
-        return len(self._recent) + self._packed_count
+        return len(self._recent) + self._packed_count + len(self._other or ())
 
     def add(self, event_id: str) -> bool:
         """Adds `event_id`; False when it was already there."""
         if event_id in self:
             return False
+        if not event_id.isascii():
+            if self._other is None:
+                self._other = set()
+            self._other.add(event_id)
+            return True
         self._recent.add(event_id)
         if len(self._recent) >= max(PACK_MIN, self._packed_count):
             self.pack()
         return True
 
     def pack(self) -> None:
-        """Moves the recent ids into the packed arrays (non-ASCII ids stay in the set)."""
+        """Moves the recent ids into the packed arrays."""
         by_len: dict[int, list[str]] = {}
-        keep: set[str] = set()
         for event_id in self._recent:
-            if event_id.isascii():
-                by_len.setdefault(len(event_id), []).append(event_id)
-            else:
-                keep.add(event_id)
+            by_len.setdefault(len(event_id), []).append(event_id)
         for width, new in by_len.items():
             entries = [(hash(x), x.encode()) for x in new]
             run = self._packed.get(width)
             if run is not None:
                 hashes, blob = run
                 entries += [(h, blob[i * width : (i + 1) * width]) for i, h in enumerate(hashes)]
+            # Timsort merges the already sorted old run with the new ones in about linear time.
             entries.sort()
             self._packed[width] = (
                 array("q", [h for h, _ in entries]),
                 b"".join(b for _, b in entries),
             )
             self._packed_count += len(new)
-        self._recent = keep
+        self._recent = set()
 
     def __iter__(self) -> Iterator[str]:
         for width, (_, blob) in self._packed.items():
@@ -100,6 +104,7 @@ class SeenBucket:
             for i in range(0, len(text), width):
                 yield text[i : i + width]
         yield from self._recent
+        yield from self._other or ()
 
 
 class SeenWindow:
@@ -136,11 +141,11 @@ class SeenWindow:
         if self._newest is None or start > self._newest:
             previous, self._newest = self._newest, start
             # Events arrive about in created order, so a bucket two behind the newest gets
-            # few more ids: pack it now rather than wait for its set to double.
+            # few more ids: pack it now rather than wait for its set to double. Each bucket
+            # turns cold once; later stragglers wait for the doubling rule.
             if previous is not None:
-                for b in range(previous - BUCKET_MS, start - BUCKET_MS, BUCKET_MS):
-                    cold = self._buckets.get(b)
-                    if cold is not None:
+                for b, cold in self._buckets.items():
+                    if previous - BUCKET_MS <= b < start - BUCKET_MS:
                         cold.pack()
         return True
 
