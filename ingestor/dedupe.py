@@ -78,6 +78,16 @@ class SeenBucket:
             self.pack()
         return True
 
+    def load(self, ids: Iterable[str]) -> None:
+        """Adds many ids at once and packs them (a state restore)."""
+        for event_id in ids:
+            # With nothing packed yet the set alone says what is there: skip the full lookup.
+            if not self._packed and event_id.isascii():
+                self._recent.add(event_id)
+            else:
+                self.add(event_id)
+        self.pack()
+
     def pack(self) -> None:
         """Moves the recent ids into the packed arrays."""
         by_len: dict[int, list[str]] = {}
@@ -149,10 +159,15 @@ class SeenWindow:
                         cold.pack()
         return True
 
-    def pack(self) -> None:
-        """Packs every bucket (after a bulk load such as a state restore)."""
-        for bucket in self._buckets.values():
-            bucket.pack()
+    def load(self, bucket: int, ids: Iterable[str]) -> None:
+        """Adds many ids of the bucket starting at `bucket` at once (a state restore)."""
+        start = bucket_of(bucket)
+        target = self._buckets.get(start)
+        if target is None:
+            target = self._buckets[start] = SeenBucket()
+        target.load(ids)
+        if self._newest is None or start > self._newest:
+            self._newest = start
 
     def prune(self, older_than_ms: int) -> list[int]:
         """Forgets the buckets that end at or before `older_than_ms`; returns their starts."""

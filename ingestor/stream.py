@@ -309,16 +309,16 @@ class StreamState:
                 continue
             head = state.decode_head(key, value)
             rt = cls(head.stream, max_message_bytes=max_message_bytes)
-            for bucket, chunks in sorted(head.buckets.items()):
+            for bucket, chunks in head.buckets.items():
+                ids: list[str] = []
                 size = 0
                 for n in range(chunks):
                     ckey = state.chunk_key(head.stream, bucket, n)
                     chunk = records.get(ckey)
-                    for event_id in state.decode_chunk(ckey, chunk):
-                        rt.seen.add(event_id, bucket)
+                    ids += state.decode_chunk(ckey, chunk)
                     size += len(chunk or b"")
+                rt.seen.load(bucket, ids)
                 rt._chunk_bytes[bucket] = size
-            rt.seen.pack()
             rt.head = head
             rt._dirty.clear()
             rt._head_dirty = False
