@@ -17,9 +17,9 @@ VERSION = 1
 # only, since the bucket in the key already says when they were created. Both are read.
 CHUNK_VERSION = 2
 SEEN_MARK = "/seen/"
-# Room a state record needs beyond its value: Kafka's framing (sink.RECORD_OVERHEAD, 100 bytes,
-# with margin). The key is counted exactly, so no chunk can exceed kafka.max_message_bytes
-# whatever the length of the ids or of the stream's key.
+# Room a state record needs beyond its key and value: Kafka's framing of a record alone in its
+# batch (route.record_size counts 101 bytes), with margin. The key is counted exactly, so no
+# chunk can exceed kafka.max_message_bytes whatever the length of the ids or of the stream key.
 RECORD_FRAMING = 256
 # The longest bucket start and chunk number a key can hold, for the size bound above.
 _WIDEST_BUCKET = -(10**15)

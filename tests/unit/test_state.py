@@ -10,8 +10,8 @@ import pytest
 
 from ingestor.config import KafkaConfig
 from ingestor.errors import IngestorError, StateCorrupt
-from ingestor.events import Stream
-from ingestor.sink import RECORD_OVERHEAD
+from ingestor.events import Record, Stream
+from ingestor.route import record_size
 from ingestor.state import (
     BackfillProgress,
     Head,
@@ -71,7 +71,7 @@ def test_40k_real_length_v2_ids_encode_into_chunks_under_the_limit_and_decode_ex
     chunks = encode_chunks(ids, chunk_value_limit(p, limit))
     keys = [chunk_key(p, 1_700_000_000_000, n) for n in range(len(chunks))]
     assert (
-        max(len(k) + len(c) + RECORD_OVERHEAD for k, c in zip(keys, chunks, strict=True)) <= limit
+        max(record_size(Record("state", k, c)) for k, c in zip(keys, chunks, strict=True)) <= limit
     )
     assert len(chunks) <= -(-sum(len(c) for c in chunks) * 11 // (limit * 10)) + 1
     back = [e for k, c in zip(keys, chunks, strict=True) for e in decode_chunk(k, c)]

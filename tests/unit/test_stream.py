@@ -12,8 +12,8 @@ import pytest
 
 from ingestor.config import KafkaConfig
 from ingestor.errors import StateCorrupt
-from ingestor.events import Event, Stream
-from ingestor.sink import RECORD_OVERHEAD
+from ingestor.events import Event, Record, Stream
+from ingestor.route import record_size
 from ingestor.state import encode_head
 from ingestor.stream import BUCKET_MS, COMPACT_CHUNKS, BackfillProgress, StreamState
 
@@ -172,7 +172,7 @@ def test_a_bucket_of_40k_real_length_v2_ids_fits_every_record_under_the_message_
     rt.mark(Seen(i, 5_000) for i in ids)
     snap = rt.snapshot()
     limit = KafkaConfig().max_message_bytes
-    sizes = [len(k) + len(v) + RECORD_OVERHEAD for k, v in snap.items() if v is not None]
+    sizes = [record_size(Record("state", k, v)) for k, v in snap.items() if v is not None]
     assert max(sizes) <= limit, max(sizes)
     store: dict[bytes, bytes] = {}
     apply(store, snap)
@@ -190,7 +190,7 @@ def test_chunks_follow_a_small_configured_max_message_bytes() -> None:
     ids = [v2_id(rng) for _ in range(2_000)]
     rt.mark(Seen(i, 5_000 + n) for n, i in enumerate(ids))
     snap = rt.snapshot()
-    assert max(len(k) + len(v) + RECORD_OVERHEAD for k, v in snap.items() if v) <= 2048
+    assert max(record_size(Record("state", k, v)) for k, v in snap.items() if v) <= 2048
     store: dict[bytes, bytes] = {}
     apply(store, snap)
     back = StreamState.restore(store, max_message_bytes=2048)[stream]
