@@ -2,7 +2,8 @@
 
 Fills one stream's state with N real-length v1 ids (`evt_` + 24 base62 characters) spread over
 the buckets of a sweep window, then reports Python heap per id (tracemalloc) or the RSS delta,
-and the time `snapshot()` takes for a full bucket that received a few hundred new ids.
+the time a restore of it takes, and the time `snapshot()` takes for a full bucket that
+received a few hundred new ids.
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ def main() -> None:
         f"{args.ids:,} ids in {args.buckets} buckets: {what} {(after - before) / 1e6:.1f} MB, "
         f"{(after - before) / args.ids:.1f} bytes/id ({fill_s:.1f} s to fill)"
     )
+
+    # What a restart reads: the same ids written as full chunks.
+    whole = StreamState(rt.stream)
+    whole.set_tail_start(0)
+    for b in rt.seen.buckets():
+        whole.mark(_Seen(x, b) for x in rt.seen.ids(b))
+    store = {k: v for k, v in whole.snapshot().items() if v is not None}
+    del whole
+    t0 = time.perf_counter()
+    back = StreamState.restore(store)[rt.stream]
+    print(f"restore of {back.seen_count:,} ids: {time.perf_counter() - t0:.1f} s")
+    del rt, back, store
 
     # Snapshot of a 30k-id bucket that received 300 new ids since the last snapshot.
     rt = StreamState(Stream("v1"))

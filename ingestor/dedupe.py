@@ -121,8 +121,9 @@ class SeenWindow:
     """Ids of published events, bucketed by created time so memory is rate x window.
 
     Two-phase use by the pipeline: `filter_new(batch)` picks the events to publish without
-    changing anything; `mark(published)` records them only after their Kafka transaction
-    committed, so an aborted transaction never hides events from the retry.
+    changing anything; `mark(published)` records them as they are queued with the state that
+    says so. A transaction that fails makes the pipeline rebuild the window from the state
+    topic, so an aborted batch never hides its events from the retry.
     """
 
     __slots__ = ("_buckets", "_newest")
