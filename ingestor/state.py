@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from ingestor.errors import StateCorrupt
+from ingestor.errors import IngestorError, StateCorrupt
 from ingestor.events import Stream
 
 VERSION = 1
-# Seen ids are kept in buckets of created time (see stream.py); a bucket is written as one
-# or more chunks of at most this many (id, created_ms) entries, ~45 bytes each, which keeps
-# every state record far below Kafka's 1 MB default message size whatever the event rate.
-CHUNK_ENTRIES = 15_000
+# Seen ids are kept in buckets of created time (see stream.py); a bucket is written as one or
+# more chunks. VERSION 1 chunks list [id, created_ms] entries; CHUNK_VERSION 2 chunks list ids
+# only, since the bucket in the key already says when they were created. Both are read.
+CHUNK_VERSION = 2
 SEEN_MARK = "/seen/"
-
-Entry = tuple[str, int]
+# Room a state record needs beyond its key and value: Kafka's framing of a record alone in its
+# batch (route.record_size counts 101 bytes), with margin. The key is counted exactly, so no
+# chunk can exceed kafka.max_message_bytes whatever the length of the ids or of the stream key.
+RECORD_FRAMING = 256
+# The longest bucket start and chunk number a key can hold, for the size bound above.
+_WIDEST_BUCKET = -(10**15)
+_WIDEST_CHUNK = 10**7 - 1
 
 
 @dataclass(slots=True)
@@ -124,27 +129,70 @@ def decode_head(key: bytes, value: bytes) -> Head:
         raise StateCorrupt(f"state {text}: cannot decode: {exc!r}"[:200]) from exc
 
 
-def encode_chunks(entries: Sequence[Entry]) -> list[bytes]:
-    """One bucket's entries as chunk values (at least one, possibly empty)."""
-    n = max(1, -(-len(entries) // CHUNK_ENTRIES))
-    return [
-        orjson.dumps({"v": VERSION, "e": entries[i * CHUNK_ENTRIES : (i + 1) * CHUNK_ENTRIES]})
-        for i in range(n)
-    ]
+def chunk_value_limit(stream: Stream, max_message_bytes: int) -> int:
+    """Largest chunk value whose record (key and framing included) fits `max_message_bytes`."""
+    key = len(chunk_key(stream, _WIDEST_BUCKET, _WIDEST_CHUNK))
+    return max_message_bytes - RECORD_FRAMING - key
 
 
-def decode_chunk(key: bytes, value: bytes | None) -> list[Entry]:
+def encode_chunks(ids: Iterable[str], max_bytes: int) -> list[bytes]:
+    """Ids as chunk values of at most `max_bytes` each (none for no ids).
+
+    Sized in bytes, not in entries: ids range from 28 characters (v1) to 57 and more (v2),
+    and a chunk over the broker's limit could never be written. Every value is measured
+    after encoding; a list that does not fit is split evenly until each part does.
+    """
+    todo = [list(ids)]
+    out: list[bytes] = []
+    while todo:
+        part = todo.pop()
+        if not part:
+            continue
+        value = orjson.dumps({"v": CHUNK_VERSION, "ids": part})
+        if len(value) <= max_bytes:
+            out.append(value)
+        elif len(part) == 1:
+            raise IngestorError(
+                f"an event id of {len(part[0])} characters cannot fit a state record "
+                f"of at most {max_bytes} bytes (kafka.max_message_bytes too small)"
+            )
+        else:
+            # Aim each piece a little under the limit so one pass usually suffices.
+            pieces = min(len(part), -(-len(value) * 21 // (max_bytes * 20)))
+            pieces = max(2, pieces)
+            step = -(-len(part) // pieces)
+            todo.extend(part[i : i + step] for i in reversed(range(0, len(part), step)))
+    return out
+
+
+def decode_chunk(key: bytes, value: bytes | None) -> list[str]:
+    """The ids of one chunk, in either chunk version."""
     if value is None:
         raise StateCorrupt(f"state: missing seen chunk {key.decode('utf-8', 'replace')}")
     try:
         raw: Any = orjson.loads(value)
-        if raw.get("v") != VERSION:
-            raise StateCorrupt(f"state {key!r}: unknown chunk version {raw.get('v')!r}")
-        return [(str(i), _int(c)) for i, c in raw["e"]]
+        version = raw.get("v")
+        if version == CHUNK_VERSION:
+            return [_str(i) for i in raw["ids"]]
+        if version == 1:
+            return [_v1_entry_id(entry) for entry in raw["e"]]
+        raise StateCorrupt(f"state {key!r}: unknown chunk version {version!r}")
     except StateCorrupt:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
         raise StateCorrupt(f"state {key!r}: cannot decode chunk: {exc!r}"[:200]) from exc
+
+
+def _v1_entry_id(entry: Any) -> str:
+    event_id, created_ms = entry
+    _int(created_ms)
+    return _str(event_id)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}"[:80])
+    return value
 
 
 def _int(value: Any) -> int:

@@ -8,14 +8,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 from ingestor import state
-from ingestor.dedupe import SeenWindow
+from ingestor.config import KafkaConfig
+from ingestor.dedupe import BUCKET_MS, SeenWindow, bucket_of
 from ingestor.events import Event, Stream
-from ingestor.state import BackfillProgress, Entry, Head
+from ingestor.state import BackfillProgress, Head
 
-# Seen ids are persisted in buckets of created time, so a commit rewrites only the buckets
-# it touched and a pruned bucket becomes tombstones: state records stay small however high
-# the event rate, and the seen set is bounded by rate x window, never by history.
-BUCKET_MS = 10_000
+# Seen ids are persisted in buckets of created time (dedupe.BUCKET_MS), so a pruned bucket
+# becomes tombstones: state records stay small however high the event rate, and the seen set
+# is bounded by rate x window, never by history. Within a bucket chunks are append-only (a
+# commit writes only the ids it added) until a bucket has this many chunks and more than
+# twice what its ids need; then it is rewritten whole, once, into as few chunks as fit.
+COMPACT_CHUNKS = 32
+# Chunks are sized from kafka.max_message_bytes; the pipeline passes the configured value.
+DEFAULT_MAX_MESSAGE_BYTES = KafkaConfig().max_message_bytes
 # How far the persisted read-through time may lag the live one: alarms work in days, and
 # persisting it on every poll would cost a Kafka transaction per stream per second.
 READ_THROUGH_PERSIST_MS = 60_000
@@ -42,12 +47,15 @@ class StreamState:
     the pipeline rebuilds every runtime from the state topic instead of guessing.
     """
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(
+        self, stream: Stream, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
         self.head = Head(stream)
         self.seen = SeenWindow()
-        self._buckets: dict[int, list[Entry]] = {}
-        self._dirty: set[int] = set()
-        self._dropped: dict[int, int] = {}
+        self._chunk_limit = state.chunk_value_limit(stream, max_message_bytes)
+        self._dirty: dict[int, list[str]] = {}  # bucket -> ids added since the last snapshot
+        self._chunk_bytes: dict[int, int] = {}  # bucket -> bytes of its live chunks
+        self._dropped: dict[int, int] = {}  # pruned bucket -> chunks to delete
         self._head_dirty = True
         # In memory only: the lower bound of every read in flight, and the ids a reader has
         # taken to publish but not yet queued (a concurrent reader of the stream skips them).
@@ -90,6 +98,15 @@ class StreamState:
         """The unit of `created`: whole seconds in v1, milliseconds in v2."""
         return 1000 if self.stream.api == "v1" else 1
 
+    @property
+    def seen_count(self) -> int:
+        """How many ids the seen window holds."""
+        return len(self.seen)
+
+    def has_seen(self, event_id: str, created_ms: int) -> bool:
+        """Whether the event `event_id`, created at `created_ms`, is published already."""
+        return self.seen.seen(event_id, created_ms)
+
     def chunk_key(self, bucket: int, chunk: int) -> bytes:
         return state.chunk_key(self.stream, bucket, chunk)
 
@@ -102,8 +119,7 @@ class StreamState:
         """Records events as published (they are being queued with this state)."""
         for event in events:
             self._pending.discard(event.id)
-            if not self.seen.seen(event.id):
-                self._remember(event.id, event.created_ms)
+            self._remember(event.id, event.created_ms)
 
     def claim(self, events: Iterable[Event]) -> tuple[list[Event], int]:
         """Like `filter_new`, also skipping ids another reader holds, and holds the fresh ones.
@@ -122,13 +138,11 @@ class StreamState:
 
     def is_new(self, event: Seen) -> bool:
         """Neither published nor held by a reader."""
-        return not self.seen.seen(event.id) and event.id not in self._pending
+        return not self.has_seen(event.id, event.created_ms) and event.id not in self._pending
 
     def _remember(self, event_id: str, created_ms: int) -> None:
-        self.seen.add(event_id, created_ms)
-        bucket = created_ms - created_ms % BUCKET_MS
-        self._buckets.setdefault(bucket, []).append((event_id, created_ms))
-        self._dirty.add(bucket)
+        if self.seen.add(event_id, created_ms):
+            self._dirty.setdefault(bucket_of(created_ms), []).append(event_id)
 
     def advance_watermark(self, created_ms: int) -> None:
         if self.head.watermark_ms is None or created_ms > self.head.watermark_ms:
@@ -233,30 +247,46 @@ class StreamState:
     def prune(self, older_than_ms: int) -> None:
         """Forgets seen ids in buckets wholly older than `older_than_ms`."""
         cutoff = older_than_ms - older_than_ms % BUCKET_MS
-        self.seen.prune(cutoff)
-        for bucket in [b for b in self._buckets if b < cutoff]:
-            del self._buckets[bucket]
-            self._dirty.discard(bucket)
+        gone = set(self.seen.prune(cutoff))
+        gone.update(b for b in self.head.buckets if b < cutoff)
+        for bucket in gone:
+            self._dirty.pop(bucket, None)
+            self._chunk_bytes.pop(bucket, None)
             chunks = self.head.buckets.pop(bucket, None)
-            if chunks is not None:
+            if chunks:
                 self._dropped[bucket] = chunks
                 self._head_dirty = True
 
     # --- persistence ------------------------------------------------------------------------
 
     def snapshot(self) -> dict[bytes, bytes | None]:
-        """State-topic records for everything changed since the last snapshot (None = delete)."""
+        """State-topic records for everything changed since the last snapshot (None = delete).
+
+        Costs what changed: a bucket's new ids go into new chunks, its older chunks stay.
+        """
         out: dict[bytes, bytes | None] = {}
-        for bucket in sorted(self._dirty):
-            values = state.encode_chunks(self._buckets.get(bucket, []))
-            for n, value in enumerate(values):
-                out[self.chunk_key(bucket, n)] = value
-            if self.head.buckets.get(bucket) != len(values):
-                self.head.buckets[bucket] = len(values)
-                self._head_dirty = True
+        # Tombstones first: a pruned bucket that gets ids again writes chunks from 0, and
+        # those must win over the deletes of its old chunks.
         for bucket, count in self._dropped.items():
             for n in range(count):
                 out[self.chunk_key(bucket, n)] = None
+        for bucket in sorted(self._dirty):
+            count = self.head.buckets.get(bucket, 0)
+            size = self._chunk_bytes.get(bucket, 0)
+            needed = -(-size // self._chunk_limit)
+            if count >= COMPACT_CHUNKS and count > 2 * needed:
+                values = state.encode_chunks(self.seen.ids(bucket), self._chunk_limit)
+                first, size = 0, 0
+                for n in range(len(values), count):
+                    out[self.chunk_key(bucket, n)] = None
+            else:
+                values = state.encode_chunks(self._dirty[bucket], self._chunk_limit)
+                first = count
+            for n, value in enumerate(values, first):
+                out[self.chunk_key(bucket, n)] = value
+            self.head.buckets[bucket] = first + len(values)
+            self._chunk_bytes[bucket] = size + sum(len(v) for v in values)
+            self._head_dirty = True
         self._dirty.clear()
         self._dropped.clear()
         if out or self._head_dirty:
@@ -266,19 +296,29 @@ class StreamState:
         return out
 
     @classmethod
-    def restore(cls, records: Mapping[bytes, bytes]) -> dict[Stream, StreamState]:
+    def restore(
+        cls,
+        records: Mapping[bytes, bytes],
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> dict[Stream, StreamState]:
         """Rebuilds every stream from the state topic's latest records."""
         out: dict[Stream, StreamState] = {}
         for key, value in records.items():
             if not state.is_head_key(key):
                 continue
             head = state.decode_head(key, value)
-            rt = cls(head.stream)
+            rt = cls(head.stream, max_message_bytes=max_message_bytes)
             for bucket, chunks in head.buckets.items():
+                ids: list[str] = []
+                size = 0
                 for n in range(chunks):
                     ckey = state.chunk_key(head.stream, bucket, n)
-                    for event_id, created_ms in state.decode_chunk(ckey, records.get(ckey)):
-                        rt._remember(event_id, created_ms)
+                    chunk = records.get(ckey)
+                    ids += state.decode_chunk(ckey, chunk)
+                    size += len(chunk or b"")
+                rt.seen.load(bucket, ids)
+                rt._chunk_bytes[bucket] = size
             rt.head = head
             rt._dirty.clear()
             rt._head_dirty = False

@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
+import base64
+import random
+import tracemalloc
+from dataclasses import dataclass
+
 import orjson
 import pytest
 
+from ingestor.config import KafkaConfig
 from ingestor.errors import StateCorrupt
-from ingestor.events import Event, Stream
-from ingestor.state import CHUNK_ENTRIES
-from ingestor.stream import BUCKET_MS, BackfillProgress, StreamState
+from ingestor.events import Event, Record, Stream
+from ingestor.route import record_size
+from ingestor.state import encode_head
+from ingestor.stream import BUCKET_MS, COMPACT_CHUNKS, BackfillProgress, StreamState
 
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 P = Stream("v1", "acct_123")
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    id: str
+    created_ms: int
 
 
 def ev(i: int, created_ms: int) -> Event:
     return Event(f"evt_{i}", "charge.updated", "v1", "acct_123", created_ms, False, None, "ch", {})
+
+
+def v1_id(rng: random.Random) -> str:
+    """A real-length v1 event id: evt_ plus 24 base62 characters (28 in all)."""
+    return "evt_" + "".join(rng.choices(BASE62, k=24))
+
+
+def v2_id(rng: random.Random) -> str:
+    """A real-length v2 (thin) event id: evt_test_ plus 48 base62 characters (57 in all)."""
+    return "evt_test_" + "".join(rng.choices(BASE62, k=48))
 
 
 def apply(store: dict[bytes, bytes], snap: dict[bytes, bytes | None]) -> None:
@@ -26,7 +50,12 @@ def apply(store: dict[bytes, bytes], snap: dict[bytes, bytes | None]) -> None:
             store[k] = v
 
 
+def chunk_ids(snap: dict[bytes, bytes | None]) -> list[str]:
+    return [i for k, v in snap.items() if b"/seen/" in k and v for i in orjson.loads(v)["ids"]]
+
+
 def test_snapshot_round_trips_cursor_seen_ids_and_backfill_progress() -> None:
+    """Cursor, backfill progress and every seen id survive snapshot then restore."""
     rt = StreamState(P)
     rt.set_tail_start(1_000_000)
     rt.set_backfill(BackfillProgress(0, 1_000_000, 250_000))
@@ -39,23 +68,64 @@ def test_snapshot_round_trips_cursor_seen_ids_and_backfill_progress() -> None:
     assert back.tail_start_ms == 1_000_000
     assert back.watermark_ms == events[-1].created_ms
     assert back.backfill == BackfillProgress(0, 1_000_000, 250_000)
-    assert all(back.seen.seen(e.id) for e in events)
-    assert len(back.seen) == 2000
+    assert all(back.has_seen(e.id, e.created_ms) for e in events)
+    assert all(back.seen.seen(e.id) for e in events[:50])  # the id-only lookup still works
+    assert not back.has_seen("evt_other", events[0].created_ms)
+    assert back.seen_count == 2000
     assert back.seq == rt.seq
 
 
-def test_second_snapshot_rewrites_only_the_buckets_it_touched() -> None:
+def test_a_second_snapshot_appends_only_the_new_ids_of_the_buckets_it_touched() -> None:
+    """A commit writes a new chunk holding just the ids it added; older chunks stay as they are."""
     rt = StreamState(P)
     rt.set_tail_start(0)
     rt.mark([ev(i, i * 1000) for i in range(60)])  # six 10 s buckets
     rt.snapshot()
-    rt.mark([ev(100, 59_500)])
+    rt.mark([ev(100, 59_500), ev(5, 5_000)])  # one new id, one already seen
     snap = rt.snapshot()
-    seen_keys = [k for k in snap if b"/seen/" in k]
-    assert seen_keys == [rt.chunk_key(50_000, 0)]
+    assert [k for k in snap if b"/seen/" in k] == [rt.chunk_key(50_000, 1)]
+    assert chunk_ids(snap) == ["evt_100"]
+
+
+def test_snapshot_of_a_30k_bucket_that_got_300_ids_writes_only_those() -> None:
+    """At 3,000 events/s a bucket holds 30k ids; a commit adding 300 writes ~300 ids' worth,
+    not the whole bucket (which would be ~1 MB per commit, several times a second)."""
+    rng = random.Random(8)
+    rt = StreamState(P)
+    rt.set_tail_start(0)
+    rt.mark(Seen(v1_id(rng), 5_000) for _ in range(30_000))
+    rt.snapshot()
+    new = [v1_id(rng) for _ in range(300)]
+    rt.mark(Seen(i, 5_000) for i in new)
+    snap = rt.snapshot()
+    assert sorted(chunk_ids(snap)) == sorted(new)
+    assert sum(len(v) for v in snap.values() if v is not None) < 300 * 31 + 1_000
+
+
+def test_a_bucket_with_many_appended_chunks_is_rewritten_into_few_and_restores() -> None:
+    """Append-only chunks do not pile up: past COMPACT_CHUNKS a bucket is rewritten whole,
+    its surplus chunks are deleted, and the restored window is exact."""
+    rng = random.Random(9)
+    rt = StreamState(P)
+    rt.set_tail_start(0)
+    store: dict[bytes, bytes] = {}
+    ids: list[str] = []
+    most = 0
+    for _ in range(3 * COMPACT_CHUNKS):
+        batch = [v1_id(rng) for _ in range(50)]
+        ids += batch
+        rt.mark(Seen(i, 5_000) for i in batch)
+        apply(store, rt.snapshot())
+        most = max(most, sum(1 for k in store if b"/seen/" in k))
+    assert most <= COMPACT_CHUNKS + 1
+    assert rt.head.buckets[0] == sum(1 for k in store if b"/seen/" in k)
+    back = StreamState.restore(store)[P]
+    assert back.seen_count == len(ids)
+    assert all(back.has_seen(i, 5_000) for i in ids)
 
 
 def test_pruned_buckets_become_tombstones_and_memory_stays_bounded() -> None:
+    """Old buckets leave memory and the state topic; what remains restores exactly."""
     rt = StreamState(P)
     rt.set_tail_start(0)
     store: dict[bytes, bytes] = {}
@@ -67,27 +137,117 @@ def test_pruned_buckets_become_tombstones_and_memory_stays_bounded() -> None:
         rt.prune(now - window_ms)
         apply(store, rt.snapshot())
     # 200 steps x 100 ids were seen; only about window/step x 100 may remain.
-    assert len(rt.seen) <= (window_ms // 5_000 + 2 + BUCKET_MS // 5_000) * 100
-    chunk_keys = [k for k in store if b"/seen/" in k]
-    assert len(chunk_keys) <= window_ms // BUCKET_MS + 2
+    assert rt.seen_count <= (window_ms // 5_000 + 2 + BUCKET_MS // 5_000) * 100
+    buckets = {k.rsplit(b"/", 2)[1] for k in store if b"/seen/" in k}
+    assert len(buckets) <= window_ms // BUCKET_MS + 2
     back = StreamState.restore(store)[P]
-    assert len(back.seen) == len(rt.seen)
+    assert back.seen_count == rt.seen_count
 
 
-def test_large_buckets_are_split_into_chunks_below_the_message_limit() -> None:
+def test_a_pruned_bucket_that_gets_ids_again_keeps_its_new_chunk() -> None:
+    """A bucket pruned and then marked again (an event older than the horizon) writes a chunk
+    the tombstones of its old chunks must not delete, so the state still restores."""
     rt = StreamState(P)
     rt.set_tail_start(0)
-    rt.mark([ev(i, 5_000) for i in range(CHUNK_ENTRIES * 2 + 10)])
+    store: dict[bytes, bytes] = {}
+    rt.mark([ev(1, 1_000)])
+    apply(store, rt.snapshot())
+    rt.prune(50_000)
+    rt.mark([ev(2, 2_000)])
+    apply(store, rt.snapshot())
+    back = StreamState.restore(store)[P]
+    assert back.has_seen("evt_2", 2_000)
+    assert not back.has_seen("evt_1", 1_000)
+
+
+def test_a_bucket_of_40k_real_length_v2_ids_fits_every_record_under_the_message_limit() -> None:
+    """Finding 5: every state record of a bucket of 40,000 57-character v2 ids, key and record
+    overhead included, stays within kafka.max_message_bytes (1 MB default), and restores exactly.
+    """
+    rng = random.Random(5)
+    stream = Stream("v2")
+    rt = StreamState(stream)
+    rt.set_tail_start(0)
+    ids = [v2_id(rng) for _ in range(40_000)]
+    rt.mark(Seen(i, 5_000) for i in ids)
     snap = rt.snapshot()
-    chunks = [v for k, v in snap.items() if b"/seen/" in k]
-    assert len(chunks) == 3
-    assert all(v is not None and len(v) < 1_000_000 for v in chunks)
+    limit = KafkaConfig().max_message_bytes
+    sizes = [record_size(Record("state", k, v)) for k, v in snap.items() if v is not None]
+    assert max(sizes) <= limit, max(sizes)
     store: dict[bytes, bytes] = {}
     apply(store, snap)
-    assert len(StreamState.restore(store)[P].seen) == CHUNK_ENTRIES * 2 + 10
+    back = StreamState.restore(store)[stream]
+    assert all(back.has_seen(i, 5_000) for i in ids)
+    assert back.seen_count == 40_000
+
+
+def test_chunks_follow_a_small_configured_max_message_bytes() -> None:
+    """With kafka.max_message_bytes = 2048 every state record, the head included, fits it."""
+    rng = random.Random(6)
+    stream = Stream("v2", "acct_1Nv0FGQ9RKHgCVdK")
+    rt = StreamState(stream, max_message_bytes=2048)
+    rt.set_tail_start(0)
+    ids = [v2_id(rng) for _ in range(2_000)]
+    rt.mark(Seen(i, 5_000 + n) for n, i in enumerate(ids))
+    snap = rt.snapshot()
+    assert max(record_size(Record("state", k, v)) for k, v in snap.items() if v) <= 2048
+    store: dict[bytes, bytes] = {}
+    apply(store, snap)
+    back = StreamState.restore(store, max_message_bytes=2048)[stream]
+    assert back.seen_count == 2_000
+
+
+def test_a_state_topic_written_with_version_1_chunks_restores_and_keeps_growing() -> None:
+    """Existing state topics hold [id, created_ms] chunks: they restore, and new ids append
+    chunks of the new format after them."""
+    head = StreamState(P).head
+    head.tail_start_ms = 0
+    head.buckets = {10_000: 1}
+    store = {
+        P.key.encode(): encode_head(head),
+        P.key.encode() + b"/seen/10000/0": orjson.dumps(
+            {"v": 1, "e": [["evt_a", 10_500], ["evt_b", 19_999]]}
+        ),
+    }
+    rt = StreamState.restore(store)[P]
+    assert rt.has_seen("evt_a", 10_500)
+    assert rt.has_seen("evt_b", 19_999)
+    rt.mark([ev(7, 11_000)])
+    apply(store, rt.snapshot())
+    back = StreamState.restore(store)[P]
+    assert sorted(back.seen.ids(10_000)) == ["evt_7", "evt_a", "evt_b"]
+
+
+def test_seen_ids_cost_less_than_100_bytes_each_in_memory() -> None:
+    """Finding 8: 100k real-length v1 ids over 10 buckets, marked and snapshotted as commits
+    do, hold < 100 bytes each of Python heap, strings included (~40 measured). The three
+    copies per id this replaced cost ~276 bytes each: 1.8M ids (10 minutes at 3,000 events/s)
+    needed ~500 MB."""
+    rng = random.Random(10)
+    ids = [
+        "evt_" + base64.b64encode(rng.randbytes(18), altchars=b"Qz").decode()
+        for _ in range(100_000)
+    ]
+    rt = StreamState(P)
+    rt.set_tail_start(0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        # Copies made while tracing, so the ids the state keeps are counted too.
+        for n in range(0, len(ids), 1_000):
+            created = 1_700_000_000_000 + n // 10_000 * BUCKET_MS
+            rt.mark(Seen(i.encode().decode(), created) for i in ids[n : n + 1_000])
+            rt.snapshot()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert rt.seen_count == len(ids)
+    assert len(ids[0]) == 28
+    assert used / len(ids) < 100, used / len(ids)
 
 
 def test_garbage_or_missing_chunks_raise_state_corrupt() -> None:
+    """A damaged head, a missing chunk or an unknown version stops the restore."""
     with pytest.raises(StateCorrupt):
         StreamState.restore({P.key.encode(): b"{not json"})
     rt = StreamState(P)
@@ -105,6 +265,7 @@ def test_garbage_or_missing_chunks_raise_state_corrupt() -> None:
 
 
 def test_an_unchanged_runtime_snapshots_nothing() -> None:
+    """No change since the last snapshot writes no record."""
     rt = StreamState(P)
     rt.set_tail_start(0)
     rt.snapshot()
