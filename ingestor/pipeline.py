@@ -128,12 +128,13 @@ class Pipeline:
         if records is None:
             log.info("stopped while restoring state")
             return
-        restored = StreamState.restore(records)
+        limit = self.cfg.kafka.max_message_bytes
+        restored = StreamState.restore(records, max_message_bytes=limit)
         self.restored = True
         self.readiness.mark_kafka(True)
         self.readiness.mark_restored()
         for p in self.streams:
-            self.runtimes[p] = restored.get(p) or StreamState(p)
+            self.runtimes[p] = restored.get(p) or StreamState(p, max_message_bytes=limit)
         self.readiness.streams = len(self.streams)
         log.info(
             "state restored",
