@@ -4,6 +4,8 @@ replays one; `--seeds N` runs N seeds from `--first` and prints the totals."""
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import functools
 import sys
 
 import looptime
@@ -11,13 +13,15 @@ import looptime
 from tests.simulation.world import Report, make_plan, run_plan
 
 
-def _run(seed: int, hours: float, rate: float | None) -> Report:
-    async def main() -> Report:
-        return await run_plan(make_plan(seed, hours=hours, rate=rate))
-
+def _run(seed: int, *, hours: float, rate: float | None, max_rate: float | None) -> Report:
+    plan = make_plan(seed, hours=hours, rate=rate, max_rate=max_rate)
     loop = looptime.new_event_loop(start=0.0)
     try:
-        return loop.run_until_complete(main())
+        return loop.run_until_complete(run_plan(plan))
+    except Exception as exc:  # a crash of the harness or the service is a failed seed too
+        report = Report(plan)
+        report.false_alarms.append(f"run raised {exc!r}")
+        return report
     finally:
         loop.close()
 
@@ -29,13 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--hours", type=float, default=1.0, help="simulated hours per seed")
     parser.add_argument("--rate", type=float, default=None, help="events/s (default: drawn)")
+    parser.add_argument("--max-rate", type=float, default=None, help="cap on the drawn rate")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     totals = {"seeds": 0, "hours": 0.0, "events": 0, "crashes": 0, "stops": 0, "outages": 0}
     bad = {"lost": 0, "duplicated": 0, "out_of_order": 0}
     failed: list[int] = []
-    for seed in seeds:
-        report = _run(seed, args.hours, args.rate)
+    run = functools.partial(_run, hours=args.hours, rate=args.rate, max_rate=args.max_rate)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(run, seeds))
+    for report in results:
+        seed = report.plan.seed
         print(report.summary() if report.ok else report.failure(), flush=True)
         totals["seeds"] += 1
         totals["hours"] += report.simulated_hours

@@ -18,7 +18,9 @@ from tests.simulation.world import (
 
 # CI runs 50; `make chaos` runs 1,000 through `python -m tests.simulation.run`.
 SEEDS = int(os.environ.get("SIM_SEEDS", "50"))
-SEED_HOURS = float(os.environ.get("SIM_HOURS", "0.2"))
+SEED_HOURS = float(os.environ.get("SIM_HOURS", "0.15"))
+# 50 events/s seeds cost ~40 s of wall time per simulated hour: `make chaos` runs them.
+SEED_MAX_RATE = float(os.environ.get("SIM_MAX_RATE", "20"))
 
 
 def quiet(seed: int, hours: float, rate: float, **changes: object) -> Plan:
@@ -36,12 +38,26 @@ def quiet(seed: int, hours: float, rate: float, **changes: object) -> Plan:
     return Plan(**values)  # type: ignore[arg-type]  # test-only convenience over the fields
 
 
+def test_the_ci_seeds_cover_every_kind_of_trouble() -> None:
+    """The seeds CI runs include each step kind, the cron mode and late events, so a
+    mechanism the generator stopped drawing cannot pass unnoticed."""
+    plans = [make_plan(seed, hours=SEED_HOURS, max_rate=SEED_MAX_RATE) for seed in range(50)]
+    kinds = {s.kind for p in plans for s in p.steps}
+    expected = {"crash", "stop", "kill_stop", "outage", "faults", "burst", "same_second"}
+    assert expected | {"revoke"} <= kinds
+    assert any(p.cron_seconds for p in plans)
+    assert any(p.late_share > 0 for p in plans)
+    stops = [s.seconds for p in plans for s in p.steps if s.kind.endswith("stop")]
+    assert max(stops) > 6 * 3600
+    assert any(s > SWEEP_WINDOW_S for s in stops)
+
+
 @pytest.mark.looptime
 @pytest.mark.parametrize("seed", range(SEEDS))
 async def test_a_seeded_scenario_keeps_every_invariant(seed: int) -> None:
     """Every visible event exactly once, per-object order (but for events later than the
     overlap), bounded state and no false alarm, whatever the seed throws at the service."""
-    report = await run_plan(make_plan(seed, hours=SEED_HOURS))
+    report = await run_plan(make_plan(seed, hours=SEED_HOURS, max_rate=SEED_MAX_RATE))
     assert report.ok, report.failure()
     assert report.events > 0
 

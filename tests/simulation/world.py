@@ -81,7 +81,9 @@ class Plan:
         )
 
 
-def make_plan(seed: int, *, hours: float = 1.0, rate: float | None = None) -> Plan:
+def make_plan(
+    seed: int, *, hours: float = 1.0, rate: float | None = None, max_rate: float | None = None
+) -> Plan:
     """Draws a scenario from `seed`: the same seed always gives the same plan. One seed in
     five runs `--once` every 15 minutes (the cron use) instead of a long-running service."""
     rng = random.Random(seed)
@@ -97,7 +99,8 @@ def make_plan(seed: int, *, hours: float = 1.0, rate: float | None = None) -> Pl
             steps=(),
             cron_seconds=900.0,
         )
-    rate = rate if rate is not None else rng.choice([5.0, 10.0, 20.0, 50.0])
+    rates = [r for r in (5.0, 10.0, 20.0, 50.0) if max_rate is None or r <= max_rate]
+    rate = rate if rate is not None else rng.choice(rates)
     span = hours * HOUR
     steps: list[Step] = []
     n = max(3, int(rng.uniform(4, 10) * hours))
@@ -264,14 +267,18 @@ def _scenario(plan: Plan) -> Scenario:
     )
 
 
-FAULT_MIX = {
-    "error_500": 0.03,
-    "error_503_html": 0.02,
-    "conflict_409": 0.01,
-    "truncated": 0.02,
-    "reset": 0.02,
-    "rate_limited_429": 0.03,
-}
+# The simulator's fault mix for a fault window, plus a rate limit below the client's budget
+# so that 429s come too.
+FAULT_MIX = Faults(
+    error_500=0.03,
+    error_503_html=0.02,
+    conflict_409=0.01,
+    reset=0.02,
+    truncate=0.02,
+    stall=0.005,
+    stall_seconds=30.0,
+)
+FAULT_RATE_LIMIT = 15.0
 
 
 async def run_plan(plan: Plan) -> Report:
@@ -334,7 +341,7 @@ async def run_plan(plan: Plan) -> Report:
                 await asyncio.sleep(max(0.0, step.at - (clock.monotonic() - t0)))
                 _sample_state(broker, loaded, report)
                 if faults_until and clock.monotonic() >= faults_until:
-                    sim.set_faults(Faults())
+                    sim.set_faults(Faults(), rate_limit=0.0)
                     faults_until = 0.0
                 if task.done():
                     # The service must never exit by itself while it is meant to run.
@@ -366,10 +373,11 @@ async def run_plan(plan: Plan) -> Report:
                     report.outages += 1
                     broker.outage(clock.monotonic() + step.seconds)
                 elif step.kind == "faults":
-                    sim.set_faults(Faults(**FAULT_MIX))
+                    sim.set_faults(FAULT_MIX, rate_limit=FAULT_RATE_LIMIT)
                     faults_until = clock.monotonic() + step.seconds
                 elif step.kind == "calm":
-                    sim.set_faults(Faults())
+                    sim.set_faults(Faults(), rate_limit=0.0)
+                    faults_until = 0.0
                 elif step.kind == "burst":
                     sim.add_events(step.count, type="charge.updated")
                 elif step.kind == "same_second":
@@ -377,7 +385,7 @@ async def run_plan(plan: Plan) -> Report:
                 elif step.kind == "revoke":
                     sim.account_ix.pop(REVOKED, None)
             await asyncio.sleep(max(0.0, plan.hours * HOUR - (clock.monotonic() - t0)))
-            sim.set_faults(Faults())
+            sim.set_faults(Faults(), rate_limit=0.0)
             await graceful(task)
             # Let every late event become visible, then one `--once` run catches up.
             sim.tick()
