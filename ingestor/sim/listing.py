@@ -9,11 +9,14 @@ from typing import Any
 
 import orjson
 
+from ingestor.sim import factories
 from ingestor.sim.problems import ApiError, invalid, missing
 from ingestor.sim.simulator import Simulator
 from ingestor.sim.store import MAX_EVENTS, MAX_MS, key_floor
 
 FAR_FUTURE_MS = MAX_MS
+# Connected accounts predate any simulated history (2024-01-01), and list the same every time.
+ACCOUNTS_CREATED = 1_704_067_200
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +241,7 @@ def list_accounts(sim: Simulator, limit: int, starting_after: str | None) -> byt
 
 
 def account_object(sim: Simulator, account: str) -> bytes:
-    doc = dict(sim.catalog.fixtures.get("account") or {"object": "account"})
+    example = sim.catalog.examples.get("account")
+    doc = dict(example) if example else factories.account(account, ACCOUNTS_CREATED)
     doc.update(id=account, object="account", metadata={})
     return orjson.dumps(doc)
