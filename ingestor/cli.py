@@ -133,7 +133,7 @@ def load_config(args: argparse.Namespace) -> config.Loaded:
 
 
 def _one_line(text: str) -> str:
-    from ingestor.observe import mask_secrets
+    from ingestor.logs import mask_secrets
 
     return mask_secrets(" ".join(text.split()))
 
@@ -179,7 +179,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     loaded = load_config(args)
     if loaded.config.log.level == "debug":
         args.debug = True
-    from ingestor.observe import configure_logging
+    from ingestor.logs import configure_logging
 
     if args.command == "config":
         show_config(loaded, as_json=args.json, out=sys.stdout)
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _traceback(args: argparse.Namespace) -> None:
     if args.debug:
-        from ingestor.observe import mask_secrets
+        from ingestor.logs import mask_secrets
 
         sys.stderr.write(mask_secrets(traceback.format_exc()))
 

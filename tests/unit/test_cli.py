@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ingestor import cli, config, observe
+from ingestor import cli, config, logs
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk_test_51CliSecretKeyValue"
@@ -28,7 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     monkeypatch.chdir(ROOT)
     yield
-    observe.reset_logging()
+    logs.reset_logging()
 
 
 def run_cli(
