@@ -166,9 +166,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         sim_main = cast(Callable[..., int], importlib.import_module("ingestor.sim.server").main)
         return sim_main(host=args.host, port=args.port, scenario=args.scenario, seed=args.seed)
     if args.command == "tail":
-        from ingestor import tailcmd
+        from ingestor import kafka_tail
 
-        return tailcmd.main(
+        return kafka_tail.main(
             bootstrap=args.bootstrap,
             prefix=args.prefix,
             summary=args.summary,
