@@ -491,4 +491,4 @@ def show(loaded: Loaded) -> list[tuple[str, str, str]]:
     return rows
 
 
-__all__ = ["Config", "ConfigError", "Loaded", "Secret", "load", "show", "validate"]
+__all__ = ["Config", "Loaded", "Secret", "load", "show", "validate"]

@@ -48,6 +48,7 @@ def load_schema(name: str) -> dict[str, Any]:
 @functools.cache
 def _validators() -> dict[str, Any]:
     # Imported here so the service itself never needs jsonschema; tests and checks do.
+    # The ignores: jsonschema and referencing are dev extras, typed only where their stubs are.
     import jsonschema  # type: ignore[import-untyped,import-not-found,unused-ignore]
     from referencing import Registry, Resource  # type: ignore[import-not-found,unused-ignore]
 

@@ -127,7 +127,7 @@ def list_v2(
     if object_id is not None:
         obj = sim.find_object(object_id)
         target = -2 if obj is None else obj
-        accept = lambda serial: sim.events.obj[serial] == target  # noqa: E731
+        accept = lambda serial: sim.events.obj[serial] == target  # noqa: E731 - one-line filter
     serials: list[int] = []
     next_url = prev_url = None
     if stream is not None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped,import-not-found,unused-ignore]
+import jsonschema  # type: ignore[import-untyped,import-not-found,unused-ignore]  # stubs optional
 import pytest
 
 from ingestor.contracts import SCHEMA_FILES, ContractViolation, load_schema, validate_record
