@@ -40,8 +40,8 @@ kafka-down:
 	@dev/kafka/kafka.sh down
 
 lint: install
-	$(VENV)/bin/ruff check ingestor tests bench
-	$(VENV)/bin/ruff format --check ingestor tests bench
+	$(VENV)/bin/ruff check ingestor tests bench examples dev/gen_event_types.py
+	$(VENV)/bin/ruff format --check ingestor tests bench examples dev/gen_event_types.py
 	$(VENV)/bin/mypy
 
 unit: install
