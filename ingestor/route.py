@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import orjson
 
-from ingestor.errors import IngestorError
+from ingestor.errors import TopicCollision
 from ingestor.events import Event, Hydration, Record, ms_to_rfc3339
 
 IngestMode = Literal["tail", "backfill"]
@@ -33,10 +33,6 @@ _RESERVED_TYPES = frozenset({"all", "dlq"})
 _RECORD_OVERHEAD = 40
 _HEADER_OVERHEAD = 10
 _BATCH_OVERHEAD = 61
-
-
-class TopicCollision(IngestorError):
-    """Two event types would land in topics Kafka treats as the same; refusing to merge them."""
 
 
 def _fold(topic: str) -> str:

@@ -9,8 +9,9 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped,import-not-found,unused-ignore]  # stubs optional
 import pytest
 
-from ingestor.contracts import SCHEMA_FILES, ContractViolation, load_schema, validate_record
+from ingestor.contracts import SCHEMA_FILES, load_schema, validate_record
 from ingestor.data import event_types
+from ingestor.errors import ContractViolation
 from ingestor.events import Event, Hydration, Record
 from ingestor.route import Router, record_size
 from ingestor.sim import factories

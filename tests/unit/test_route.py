@@ -10,9 +10,9 @@ import pytest
 
 from ingestor import config
 from ingestor.data import event_types
-from ingestor.errors import ConfigError, IngestorError
+from ingestor.errors import ConfigError, IngestorError, TopicCollision
 from ingestor.events import Event, Hydration
-from ingestor.route import MAX_PREFIX_LEN, MAX_TOPIC_LEN, Router, TopicCollision, record_size
+from ingestor.route import MAX_PREFIX_LEN, MAX_TOPIC_LEN, Router, record_size
 
 LEGAL = re.compile(r"[a-zA-Z0-9._-]+")
 
