@@ -18,6 +18,7 @@ RETRY_REASONS = (
     "conflict",
     "server_error",
     "should_retry",
+    "other",
 )
 APIS = ("v1", "v2")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingestor import metrics, stripe_api
+from ingestor import metrics, retry
 
 ROOT = Path(__file__).resolve().parents[2]
 # counter variable -> (label, declared values)
@@ -46,14 +46,14 @@ def test_a_fresh_process_exports_every_known_series_at_zero() -> None:
 
 def test_every_label_value_the_code_uses_is_declared() -> None:
     """Each literal label value passed to these counters anywhere in the package, and each
-    retry reason stripe_api can report, is in the declared tuple (so it, too, starts at 0)."""
+    reason retry.retry_reason can report, is in the declared tuple (so it, too, starts at 0)."""
     used: dict[str, set[str]] = {var: set() for var in KNOWN}
     pattern = re.compile(r"\b(" + "|".join(KNOWN) + r')\.labels\((\w+)="([^"]+)"\)')
     for path in (ROOT / "ingestor").rglob("*.py"):
         for var, label, value in pattern.findall(path.read_text(encoding="utf-8")):
             assert label == KNOWN[var][0], (path, var, label)
             used[var].add(value)
-    reasons = re.findall(r'return "(\w+)"', inspect.getsource(stripe_api._retry_reason))
+    reasons = re.findall(r'return "(\w+)"', inspect.getsource(retry.retry_reason))
     used["API_RETRIES"] |= set(reasons)
     for var, values in used.items():
         assert values <= set(KNOWN[var][1]), (var, sorted(values - set(KNOWN[var][1])))
