@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed-stamp
 STRIPE_MOCK := $(VENV)/bin/stripe-mock
 STRIPE_MOCK_VERSION := v0.203.0
 STRIPE_MOCK_STAMP := $(VENV)/.stripe-mock-version
-export PYTHON_BIN := $(abspath $(PY))
 
 .PHONY: install stripe-mock kafka-up kafka-down test lint unit demo bench chaos clean
 
@@ -41,8 +40,8 @@ kafka-down:
 	@dev/kafka/kafka.sh down
 
 lint: install
-	$(VENV)/bin/ruff check ingestor tests bench
-	$(VENV)/bin/ruff format --check ingestor tests bench
+	$(VENV)/bin/ruff check ingestor tests bench examples dev/gen_event_types.py
+	$(VENV)/bin/ruff format --check ingestor tests bench examples dev/gen_event_types.py
 	$(VENV)/bin/mypy
 
 unit: install

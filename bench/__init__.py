@@ -1,1 +1,1 @@
-"""Benchmarks (`make bench`); results are quoted in README.md."""
+"""Benchmarks (`make bench`); results are quoted in bench/README.md (a short table in README.md)."""

@@ -22,7 +22,7 @@ from ingestor.errors import (
     StripeNotFound,
 )
 from ingestor.log.kafka_common import kafka_client_kwargs
-from ingestor.observe import mask_secrets
+from ingestor.logs import mask_secrets
 from ingestor.stripe_api import StripeClient
 
 Status = Literal["OK", "FAIL", "SKIP"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import select
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -18,6 +20,9 @@ from ingestor.errors import ConfigError, IngestorError
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+# `run --once` found a stored cursor past Stripe's 30-day retention: a window was lost
+# (pipeline.EXIT_DATA_LOST; the pipeline is imported lazily, so the number is repeated here).
+EXIT_DATA_LOST = 3
 EXIT_INTERRUPTED = 130
 
 # Named flags and the config key each sets (`--set section.key=value` reaches every other key).
@@ -65,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingestor",
         description="Tails Stripe's Events API and publishes every event to Kafka, exactly once.",
-        epilog="exit codes: 0 done or clean stop, 2 bad configuration, 1 a named failure",
+        epilog=(
+            "exit codes: 0 done or clean stop; 1 a named failure; 2 bad configuration;"
+            " 3 `run --once` found a cursor past Stripe's 30-day retention (a window was lost);"
+            " 130 interrupted"
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
     cfg_opts, dbg = _config_options(), _debug_option()
@@ -133,7 +142,7 @@ def load_config(args: argparse.Namespace) -> config.Loaded:
 
 
 def _one_line(text: str) -> str:
-    from ingestor.observe import mask_secrets
+    from ingestor.logs import mask_secrets
 
     return mask_secrets(" ".join(text.split()))
 
@@ -166,9 +175,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         sim_main = cast(Callable[..., int], importlib.import_module("ingestor.sim.server").main)
         return sim_main(host=args.host, port=args.port, scenario=args.scenario, seed=args.seed)
     if args.command == "tail":
-        from ingestor import tailcmd
+        from ingestor import kafka_tail
 
-        return tailcmd.main(
+        return kafka_tail.main(
             bootstrap=args.bootstrap,
             prefix=args.prefix,
             summary=args.summary,
@@ -179,7 +188,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     loaded = load_config(args)
     if loaded.config.log.level == "debug":
         args.debug = True
-    from ingestor.observe import configure_logging
+    from ingestor.logs import configure_logging
 
     if args.command == "config":
         show_config(loaded, as_json=args.json, out=sys.stdout)
@@ -207,7 +216,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "since", None) is not None and not args.backfill:
         parser.error("--since needs --backfill")
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        # A reader that went away shows up here, not in the interpreter's exit-time flush.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            return _unexpected(args)
+        # The reader stopped reading (`ingestor config show | head`): end quietly, as Unix
+        # tools do; stdout goes to /dev/null so the exit-time flush cannot complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
     except ConfigError as exc:
         print(f"ingestor: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
@@ -218,19 +239,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         _traceback(args)
         print(f"ingestor: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
-    except Exception as exc:
-        _traceback(args)
-        hint = "" if args.debug else " (run with --debug for the traceback)"
-        print(
-            f"ingestor: unexpected error: {type(exc).__name__}: {_one_line(str(exc))}{hint}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+    except Exception:
+        return _unexpected(args)
+
+
+def _unexpected(args: argparse.Namespace) -> int:
+    """Reports the exception being handled in one line (a traceback with --debug)."""
+    _traceback(args)
+    exc = sys.exception()
+    hint = "" if args.debug else " (run with --debug for the traceback)"
+    print(
+        f"ingestor: unexpected error: {type(exc).__name__}: {_one_line(str(exc))}{hint}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe or socket whose reader has gone (poll reports an error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _traceback(args: argparse.Namespace) -> None:
     if args.debug:
-        from ingestor.observe import mask_secrets
+        from ingestor.logs import mask_secrets
 
         sys.stderr.write(mask_secrets(traceback.format_exc()))
 

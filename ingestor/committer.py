@@ -13,8 +13,8 @@ import structlog
 from ingestor import clock, metrics
 from ingestor.errors import KafkaUnavailable
 from ingestor.events import Record, Stream
+from ingestor.health import Readiness
 from ingestor.log import TransactionalLog
-from ingestor.observe import Readiness
 from ingestor.stream import StreamState
 
 log = structlog.get_logger(__name__)

@@ -9,12 +9,13 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ingestor.errors import ConfigError
+from ingestor.route import MAX_PREFIX_LEN
+from ingestor.timespec import parse_since
 
 MASK = "********"
 
@@ -378,16 +379,11 @@ def load(
     return Loaded(config, sources)
 
 
-_DURATION = re.compile(r"^\d+(\.\d+)?[smhdw]$")
-
-
 def _valid_since(text: str) -> bool:
-    """A duration back from now (30d, 12h) or an absolute RFC 3339 time or date."""
-    if _DURATION.fullmatch(text.strip()):
-        return True
+    """What `--since` accepts (timespec.parse_since, the one parser): a duration or a time."""
     try:
-        datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        parse_since(text, 0)
+    except ConfigError:
         return False
     return True
 
@@ -433,9 +429,10 @@ def validate(config: Config) -> None:
         host, _, port = hp.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError("kafka.bootstrap_servers", f"expected host:port, got {hp!r}")
-    if not _TOPIC_LEGAL.fullmatch(k.topic_prefix) or len(k.topic_prefix) > 120:
+    if not _TOPIC_LEGAL.fullmatch(k.topic_prefix) or len(k.topic_prefix) > MAX_PREFIX_LEN:
         raise ConfigError(
-            "kafka.topic_prefix", "expected 1-120 characters of [a-zA-Z0-9._-], e.g. 'stripe'"
+            "kafka.topic_prefix",
+            f"expected 1-{MAX_PREFIX_LEN} characters of [a-zA-Z0-9._-], e.g. 'stripe'",
         )
     if k.topic_prefix in {".", ".."}:
         raise ConfigError("kafka.topic_prefix", "'.' and '..' are not legal Kafka topic names")
@@ -494,4 +491,4 @@ def show(loaded: Loaded) -> list[tuple[str, str, str]]:
     return rows
 
 
-__all__ = ["Config", "ConfigError", "Loaded", "Secret", "load", "show", "validate"]
+__all__ = ["Config", "Loaded", "Secret", "load", "show", "validate"]

@@ -154,3 +154,18 @@ class Fenced(IngestorError):
 
 class StateCorrupt(IngestorError):
     """A state record could not be decoded; refusing to guess a cursor."""
+
+
+# --- routing, contracts, reading back ---------------------------------------------------------
+
+
+class TopicCollision(IngestorError):
+    """Two event types would land in topics Kafka treats as the same; refusing to merge them."""
+
+
+class ContractViolation(IngestorError):
+    """A record that does not match the published contract."""
+
+
+class TailIncomplete(IngestorError):
+    """`ingestor tail`: the time limit passed before every partition was read to its end."""

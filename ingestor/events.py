@@ -32,7 +32,7 @@ class Stream:
         api, _, account = key.partition(":")
         if api not in ("v1", "v2") or not account:
             raise ValueError(f"not a stream key: {key!r}")
-        return cls(api, None if account == PLATFORM else account)  # type: ignore[arg-type]
+        return cls(api, None if account == PLATFORM else account)  # type: ignore[arg-type]  # api checked
 
     def __str__(self) -> str:
         return self.key

@@ -6,6 +6,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+# Label values known in advance. Each series is exported at 0 from the start: a series that
+# first appears at 1 has no `increase()`, so an alert on it would miss the first event.
+DLQ_REASONS = ("too_large", "hydration_failed")
+TRANSACTION_OUTCOMES = ("committed", "aborted")
+HYDRATION_RESULTS = ("ok", "not_found", "failed", "retry", "coalesced")
+RETRY_REASONS = (
+    "rate_limited",
+    "connection",
+    "malformed",
+    "conflict",
+    "server_error",
+    "should_retry",
+    "other",
+)
+APIS = ("v1", "v2")
+
 EVENTS_PUBLISHED = Counter(
     "ingestor_events_published",
     "Events committed to Kafka, by source api and event type.",
@@ -137,3 +153,18 @@ READY = Gauge(
     "1 while /readyz answers ready.",
     registry=REGISTRY,
 )
+
+
+def _start_at_zero() -> None:
+    for counter, label, values in (
+        (DLQ_EVENTS, "reason", DLQ_REASONS),
+        (TRANSACTIONS, "outcome", TRANSACTION_OUTCOMES),
+        (HYDRATION_REQUESTS, "result", HYDRATION_RESULTS),
+        (API_RETRIES, "reason", RETRY_REASONS),
+        (DUPLICATES_SKIPPED, "source", APIS),
+    ):
+        for value in values:
+            counter.labels(**{label: value})
+
+
+_start_at_zero()

@@ -22,9 +22,9 @@ from ingestor.errors import (
     KafkaUnavailable,
 )
 from ingestor.events import Event, Hydration, Stream
+from ingestor.health import GapAlarm, HealthServer, Readiness
 from ingestor.hydrate import Hydrator
 from ingestor.log import TransactionalLog
-from ingestor.observe import GapAlarm, HealthServer, Readiness
 from ingestor.pages import v1_pages, v2_pages
 from ingestor.plan import lost_window, plan_backfill, retention_edge, retention_floor
 from ingestor.plan import read_through as plan_read_through

@@ -38,11 +38,6 @@ class _Stats(Protocol):
     def slices_done(self) -> int: ...
 
 
-class _Slice(Protocol):
-    @property
-    def lo_ms(self) -> int: ...
-
-
 class _Plan(Protocol):
     @property
     def slices(self) -> list[Any]: ...

@@ -1,4 +1,5 @@
-"""Routing: event (+ hydration) -> Kafka records: topic, key, headers, value of DESIGN §3."""
+"""Routing: event (+ hydration) -> Kafka records: the topic, key, headers and value of the
+contract (README "The contract"; schemas in ingestor/contracts)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from typing import Any, Literal
 
 import orjson
 
-from ingestor.errors import IngestorError
+from ingestor.errors import TopicCollision
 from ingestor.events import Event, Hydration, Record, ms_to_rfc3339
 
 IngestMode = Literal["tail", "backfill"]
 
 MAX_TOPIC_LEN = 249
+# Longest topic prefix: `<prefix>._ingestor_state` and `<prefix>.<type>` for every Stripe type
+# (the longest is 71 characters today) stay legal, unhashed names. config checks this limit.
+MAX_PREFIX_LEN = 120
 HASH_HEX = 8
 MAX_DLQ_DETAIL = 1000
 _ILLEGAL = re.compile(r"[^a-zA-Z0-9._-]")
-_LEGAL_PREFIX = re.compile(r"[a-zA-Z0-9._-]{1,200}")
+_LEGAL_PREFIX = re.compile(rf"[a-zA-Z0-9._-]{{1,{MAX_PREFIX_LEN}}}")
 # A type that already looks like "<something>-<8 hex>" is hashed too, so an unchanged name can
 # never equal the hashed form of another type: the two output sets are disjoint.
 _LOOKS_HASHED = re.compile(rf"-[0-9a-f]{{{HASH_HEX}}}\Z")
@@ -29,10 +33,6 @@ _RESERVED_TYPES = frozenset({"all", "dlq"})
 _RECORD_OVERHEAD = 40
 _HEADER_OVERHEAD = 10
 _BATCH_OVERHEAD = 61
-
-
-class TopicCollision(IngestorError):
-    """Two event types would land in topics Kafka treats as the same; refusing to merge them."""
 
 
 def _fold(topic: str) -> str:
@@ -53,7 +53,9 @@ class Router:
 
     def __init__(self, prefix: str, *, firehose: bool = False) -> None:
         if not _LEGAL_PREFIX.fullmatch(prefix) or prefix in {".", ".."}:
-            raise ValueError(f"topic prefix must be 1-200 chars of [a-zA-Z0-9._-], got {prefix!r}")
+            raise ValueError(
+                f"topic prefix must be 1-{MAX_PREFIX_LEN} chars of [a-zA-Z0-9._-], got {prefix!r}"
+            )
         self.prefix = prefix
         self.firehose = firehose
         self.dlq_topic = f"{prefix}.dlq"
@@ -225,8 +227,8 @@ def record_key(event: Event) -> bytes:
 
 
 def event_headers(event: Event, ingest_mode: IngestMode) -> tuple[tuple[str, bytes], ...]:
-    """Headers of DESIGN §3. `api_version` is always present (empty when Stripe gave none);
-    `account` is absent for the platform itself."""
+    """The contract's headers (ingestor/contracts/headers.schema.json). `api_version` is always
+    present (empty when Stripe gave none); `account` is absent for the platform itself."""
     headers: list[tuple[str, bytes]] = [
         ("event_id", event.id.encode()),
         ("event_type", event.type.encode()),

@@ -6,14 +6,10 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,11 +50,3 @@ async def _delete_topics(bootstrap: str, prefix: str) -> None:
         pass  # best effort: a test that stopped the broker on purpose leaves nothing to clean
     finally:
         await admin.close()
-
-
-@pytest.fixture
-def fixtures3_path() -> Path:
-    """Stripe's example objects, read from ../shared (never copied into the repo)."""
-    path = SHARED / "stripe" / "fixtures3.json"
-    assert path.is_file(), f"missing {path}: the shared/ folder must sit beside the repo"
-    return path

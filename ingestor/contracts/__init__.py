@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Protocol
 
-from ingestor.errors import IngestorError
+from ingestor.errors import ContractViolation
 
 SCHEMA_FILES = (
     "headers.schema.json",
@@ -18,10 +18,6 @@ SCHEMA_FILES = (
     "dlq.schema.json",
 )
 _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
-
-
-class ContractViolation(IngestorError):
-    """A record that does not match the published contract."""
 
 
 class RecordLike(Protocol):
@@ -48,6 +44,7 @@ def load_schema(name: str) -> dict[str, Any]:
 @functools.cache
 def _validators() -> dict[str, Any]:
     # Imported here so the service itself never needs jsonschema; tests and checks do.
+    # The ignores: jsonschema and referencing are dev extras, typed only where their stubs are.
     import jsonschema  # type: ignore[import-untyped,import-not-found,unused-ignore]
     from referencing import Registry, Resource  # type: ignore[import-not-found,unused-ignore]
 
@@ -114,4 +111,4 @@ def _check(validator: Any, instance: Any, topic: str, part: str) -> None:
         raise ContractViolation(f"{topic}: {part} at {where}: {error.message}"[:500])
 
 
-__all__ = ["SCHEMA_FILES", "ContractViolation", "RecordLike", "load_schema", "validate_record"]
+__all__ = ["SCHEMA_FILES", "RecordLike", "load_schema", "validate_record"]

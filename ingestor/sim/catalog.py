@@ -1,18 +1,19 @@
 """What the simulator knows about Stripe: event type names, object kinds, and example objects.
 
-Type names and example objects are read at runtime from the shared Stripe data folder
-(`event-types.txt`, `fixtures3.json`), never copied into the repo.
+Type names are the package's own data (`ingestor/data/event-types.txt`); objects come from
+`ingestor.sim.factories`. Stripe's OpenAPI example objects (`fixtures3.json`) are an optional
+extra that the scenario's `stripe_fixtures` setting names.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ingestor.data import event_types
 from ingestor.sim.scenario import Scenario
 
 
@@ -21,26 +22,25 @@ class Kind:
     """One object type events refer to, and where its objects live in the API."""
 
     name: str  # Stripe's `object` value, also the v2 related_object.type
-    fixture: str  # key in fixtures3.json resources ("" = synthesised)
     id_prefix: str
     collection: str  # URL path of the collection; an object is at f"{collection}/{id}"
     v2_style: bool = False  # v2 objects write `created` as RFC 3339
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("charge", "charge", "ch_", "/v1/charges"),
-    Kind("dispute", "dispute", "dp_", "/v1/disputes"),
-    Kind("refund", "refund", "re_", "/v1/refunds"),
-    Kind("customer", "customer", "cus_", "/v1/customers"),
-    Kind("subscription", "subscription", "sub_", "/v1/subscriptions"),
-    Kind("invoice", "invoice", "in_", "/v1/invoices"),
-    Kind("payment_intent", "payment_intent", "pi_", "/v1/payment_intents"),
-    Kind("file", "file", "file_", "/v1/files"),
-    Kind("billing.meter", "billing.meter", "mtr_", "/v1/billing/meters"),
-    Kind("product", "product", "prod_", "/v1/products"),
-    Kind("price", "price", "price_", "/v1/prices"),
-    Kind("payout", "payout", "po_", "/v1/payouts"),
-    Kind("v2.core.account", "", "acct_", "/v2/core/accounts", v2_style=True),
+    Kind("charge", "ch_", "/v1/charges"),
+    Kind("dispute", "dp_", "/v1/disputes"),
+    Kind("refund", "re_", "/v1/refunds"),
+    Kind("customer", "cus_", "/v1/customers"),
+    Kind("subscription", "sub_", "/v1/subscriptions"),
+    Kind("invoice", "in_", "/v1/invoices"),
+    Kind("payment_intent", "pi_", "/v1/payment_intents"),
+    Kind("file", "file_", "/v1/files"),
+    Kind("billing.meter", "mtr_", "/v1/billing/meters"),
+    Kind("product", "prod_", "/v1/products"),
+    Kind("price", "price_", "/v1/prices"),
+    Kind("payout", "po_", "/v1/payouts"),
+    Kind("v2.core.account", "acct_", "/v2/core/accounts", v2_style=True),
 )
 KIND_BY_NAME = {k.name: k for k in KINDS}
 
@@ -134,50 +134,34 @@ def describe(event_type: str, api: str) -> TypeInfo:
     raise ValueError(f"the simulator has no object model for event type {event_type!r}")
 
 
-def find_data_dir(configured: str = "") -> Path | None:
-    """The shared Stripe data folder: scenario setting, $INGESTOR_STRIPE_DATA, or ../shared/stripe
-    beside the repo (or beside the working directory)."""
-    candidates = [configured, os.environ.get("INGESTOR_STRIPE_DATA", "")]
-    repo = Path(__file__).resolve().parents[2]
-    candidates += [str(repo.parent / "shared" / "stripe"), str(Path.cwd().parent / "shared/stripe")]
-    for c in candidates:
-        if c and (Path(c) / "fixtures3.json").is_file():
-            return Path(c)
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    """Event type names by api and example objects by fixture name."""
+    """Event type names by api, and Stripe's example objects by kind when a scenario asks."""
 
     v1_types: frozenset[str]
     v2_types: frozenset[str]
-    fixtures: dict[str, dict[str, Any]]
+    examples: dict[str, dict[str, Any]]
 
     @classmethod
-    def load(cls, data_dir: Path | None) -> Catalog:
-        if data_dir is None:
-            return cls(frozenset(), frozenset(), {})
-        sections: dict[str, set[str]] = {"v1": set(), "v2": set()}
-        current = ""
-        for line in (data_dir / "event-types.txt").read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("[") and line.endswith("]") and line[1:-1] in sections:
-                current = line[1:-1]
-            elif current:
-                sections[current].add(line)
-        resources = orjson.loads((data_dir / "fixtures3.json").read_bytes())["resources"]
-        return cls(frozenset(sections["v1"]), frozenset(sections["v2"]), resources)
+    def load(cls, stripe_fixtures: str = "") -> Catalog:
+        """The package's type names; with a path to Stripe's `fixtures3.json`, its objects
+        replace the factories' for the kinds it has."""
+        types = event_types()
+        examples: dict[str, dict[str, Any]] = {}
+        if stripe_fixtures:
+            resources = orjson.loads(Path(stripe_fixtures).read_bytes())["resources"]
+            # "account": the v1 connected accounts GET /v1/accounts lists.
+            names = [*KIND_BY_NAME, "account"]
+            examples = {name: resources[name] for name in names if name in resources}
+        return cls(frozenset(types["v1"]), frozenset(types["v2"]), examples)
 
     def check(self, scenario: Scenario) -> None:
-        """Every type in the scenario's mix is real (when the list is available) and modelled."""
+        """Every type in the scenario's mix is a real Stripe type and modelled."""
         for api, weights, known in (
             ("v1", scenario.v1_types, self.v1_types),
             ("v2", scenario.v2_types, self.v2_types),
         ):
             for name, _ in weights:
-                if known and name not in known:
+                if name not in known:
                     raise ValueError(f"scenario {scenario.name!r}: {name!r} is not a {api} type")
                 describe(name, api)

@@ -9,11 +9,14 @@ from typing import Any
 
 import orjson
 
+from ingestor.sim import factories
 from ingestor.sim.problems import ApiError, invalid, missing
 from ingestor.sim.simulator import Simulator
 from ingestor.sim.store import MAX_EVENTS, MAX_MS, key_floor
 
 FAR_FUTURE_MS = MAX_MS
+# Connected accounts predate any simulated history (2024-01-01), and list the same every time.
+ACCOUNTS_CREATED = 1_704_067_200
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +127,7 @@ def list_v2(
     if object_id is not None:
         obj = sim.find_object(object_id)
         target = -2 if obj is None else obj
-        accept = lambda serial: sim.events.obj[serial] == target  # noqa: E731
+        accept = lambda serial: sim.events.obj[serial] == target  # noqa: E731 - one-line filter
     serials: list[int] = []
     next_url = prev_url = None
     if stream is not None:
@@ -238,6 +241,7 @@ def list_accounts(sim: Simulator, limit: int, starting_after: str | None) -> byt
 
 
 def account_object(sim: Simulator, account: str) -> bytes:
-    doc = dict(sim.catalog.fixtures.get("account") or {"object": "account"})
+    example = sim.catalog.examples.get("account")
+    doc = dict(example) if example else factories.account(account, ACCOUNTS_CREATED)
     doc.update(id=account, object="account", metadata={})
     return orjson.dumps(doc)

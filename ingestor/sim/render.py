@@ -8,9 +8,12 @@ from typing import Any
 
 import orjson
 
+from ingestor.sim import factories
 from ingestor.sim.catalog import Kind
 
-_SLOT = re.compile(rb'"@@SIM_([A-Z]+)@@"')
+# A slot is a whole JSON value (`"@@SIM_ID@@"`) or sits inside a string (`"/v1/x/@@SIM_ID@@"`),
+# where it takes the same value without its quotes (ids and times never need escaping).
+_SLOT = re.compile(rb'"@@SIM_([A-Z]+)@@"|@@SIM_([A-Z]+)@@')
 
 
 def rfc3339_ms(ms: int) -> str:
@@ -21,23 +24,27 @@ def rfc3339_ms(ms: int) -> str:
 class Template:
     """A JSON document split around its slots; `render` fills the slots in order."""
 
-    __slots__ = ("parts", "slots")
+    __slots__ = ("inner", "parts", "slots")
 
     def __init__(self, doc: dict[str, Any]) -> None:
         raw = orjson.dumps(doc)
         self.parts: list[bytes] = []
         self.slots: list[str] = []
+        self.inner: list[bool] = []
         pos = 0
         for m in _SLOT.finditer(raw):
             self.parts.append(raw[pos : m.start()])
-            self.slots.append(m.group(1).decode())
+            whole = m.group(1)
+            self.slots.append((whole or m.group(2)).decode())
+            self.inner.append(whole is None)
             pos = m.end()
         self.parts.append(raw[pos:])
 
     def render(self, values: dict[str, bytes]) -> bytes:
         out = [self.parts[0]]
-        for slot, part in zip(self.slots, self.parts[1:], strict=True):
-            out.append(values[slot])
+        for slot, inner, part in zip(self.slots, self.inner, self.parts[1:], strict=True):
+            value = values[slot]
+            out.append(value[1:-1] if inner else value)
             out.append(part)
         return b"".join(out)
 
@@ -46,33 +53,13 @@ def _slot(name: str) -> str:
     return f"@@SIM_{name}@@"
 
 
-def _v2_account_doc() -> dict[str, Any]:
-    # fixtures3.json holds only v1 objects; this follows the v2 Account's documented top level.
-    return {
-        "id": None,
-        "object": "v2.core.account",
-        "applied_configurations": ["customer", "merchant"],
-        "configuration": None,
-        "contact_email": "jenny.rosen@example.com",
-        "created": None,
-        "dashboard": "full",
-        "defaults": {"currency": "usd", "locales": ["en-US"]},
-        "display_name": "Simulated Account",
-        "identity": {"country": "us", "entity_type": "company"},
-        "livemode": False,
-        "metadata": None,
-        "requirements": None,
-    }
-
-
-def object_template(kind: Kind, fixtures: dict[str, dict[str, Any]]) -> Template:
-    """The kind's example object with id, created, metadata and status turned into slots."""
-    if kind.fixture and kind.fixture in fixtures:
-        doc = dict(fixtures[kind.fixture])
-    elif kind.v2_style:
-        doc = _v2_account_doc()
+def object_template(kind: Kind, examples: dict[str, dict[str, Any]]) -> Template:
+    """The kind's object with id, created, metadata and status turned into slots: built by the
+    project's factories, unless the optional Stripe examples (`stripe_fixtures`) have one."""
+    if kind.name in examples:
+        doc = dict(examples[kind.name])
     else:
-        doc = {"id": None, "object": kind.name, "created": None, "livemode": False}
+        doc = factories.build(kind.name, _slot("ID"), _slot("CREATED"))
     doc["id"] = _slot("ID")
     doc["object"] = kind.name
     doc["created"] = _slot("CREATED")
@@ -81,6 +68,12 @@ def object_template(kind: Kind, fixtures: dict[str, dict[str, Any]]) -> Template
     if "status" in doc:
         doc["status"] = _slot("STATUS")
     return Template(doc)
+
+
+def default_status(kind: Kind, examples: dict[str, dict[str, Any]]) -> str:
+    """The status an object of the kind has before any event sets one."""
+    doc = examples.get(kind.name) or factories.build(kind.name, "", 0)
+    return str(doc.get("status") or "active")
 
 
 def event_template(with_account: bool, with_previous: bool) -> Template:

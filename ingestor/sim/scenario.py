@@ -66,7 +66,7 @@ class Scenario:
     latency_min_ms: float = 0.0
     latency_max_ms: float = 0.0
     faults: Faults = field(default_factory=Faults)
-    stripe_data_dir: str = ""
+    stripe_fixtures: str = ""
 
     def __post_init__(self) -> None:
         problems = []

@@ -11,7 +11,7 @@ from itertools import accumulate
 from typing import Any
 
 from ingestor.clock import wall_ms
-from ingestor.sim.catalog import KINDS, Catalog, Kind, TypeInfo, describe, find_data_dir
+from ingestor.sim.catalog import KINDS, Catalog, Kind, TypeInfo, describe
 from ingestor.sim.ids import IdMaker
 from ingestor.sim.objects import ObjectStore
 from ingestor.sim.problems import ApiError
@@ -50,7 +50,7 @@ class Simulator:
     ) -> None:
         self.scenario = scenario = scenario or load_scenario(None)
         self.seed = seed
-        self.catalog = Catalog.load(find_data_dir(scenario.stripe_data_dir))
+        self.catalog = Catalog.load(scenario.stripe_fixtures)
         self.catalog.check(scenario)
         self._clock_ms = clock_ms
         start_ms = int(scenario.start_time * 1000) if scenario.start_time else None

@@ -9,6 +9,7 @@ import orjson
 from ingestor.sim.catalog import TypeInfo
 from ingestor.sim.ids import RANDOM_CHARS, SERIAL_CHARS, serial_of, token, uuid_token
 from ingestor.sim.render import (
+    default_status,
     event_template,
     jstr,
     object_template,
@@ -33,11 +34,9 @@ class Views:
         self.evt_blob = bytearray()
         self.obj_blob = bytearray()
         self.type_json: list[bytes] = []
-        fixtures = sim.catalog.fixtures
-        self.obj_tpl = [object_template(k, fixtures) for k in sim.kinds]
-        self.default_status = [
-            jstr(str(fixtures.get(k.fixture, {}).get("status") or "active")) for k in sim.kinds
-        ]
+        examples = sim.catalog.examples
+        self.obj_tpl = [object_template(k, examples) for k in sim.kinds]
+        self.default_status = [jstr(default_status(k, examples)) for k in sim.kinds]
         self.evt_tpl = {(a, p): event_template(a, p) for a in (False, True) for p in (False, True)}
         self.thin_tpl = {
             (c, r, d): thin_template(c, r, d)

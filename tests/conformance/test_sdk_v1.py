@@ -96,7 +96,7 @@ def test_bad_params_raise_invalid_request(
     """Out-of-range limits, type+types, >20 types, unknown cursors, both cursors and malformed
     created filters are 400s the SDK raises as InvalidRequestError."""
     with pytest.raises(stripe.InvalidRequestError) as info:
-        client.v1.events.list(params)  # type: ignore[arg-type]
+        client.v1.events.list(params)  # type: ignore[arg-type]  # deliberately invalid params
     assert info.value.http_status == 400
 
 

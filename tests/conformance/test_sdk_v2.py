@@ -101,6 +101,6 @@ def test_v2_bad_params(client: stripe.StripeClient) -> None:
         {"limit": 1000},
     ):
         with pytest.raises(stripe.InvalidRequestError):
-            client.v2.core.events.list(params)  # type: ignore[arg-type]
+            client.v2.core.events.list(params)  # type: ignore[arg-type]  # deliberately invalid
     with pytest.raises(stripe.InvalidRequestError):
         client.raw_request("get", "/v2/core/events?page=%21%21garbage")

@@ -19,8 +19,8 @@ import pytest
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
+from ingestor.health import Readiness
 from ingestor.metrics import REGISTRY
-from ingestor.observe import Readiness
 from ingestor.pipeline import serve
 from ingestor.route import Router
 from ingestor.sim.scenario import Faults, load_scenario

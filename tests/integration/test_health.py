@@ -8,12 +8,12 @@ import aiohttp
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ingestor import metrics, observe
+from ingestor import health, metrics
 from ingestor.errors import ClosedError
 
 
-def ready_readiness() -> observe.Readiness:
-    r = observe.Readiness()
+def ready_readiness() -> health.Readiness:
+    r = health.Readiness()
     r.mark_kafka(True)
     r.mark_restored()
     r.mark_poll_ok()
@@ -34,7 +34,7 @@ async def get(url: str) -> tuple[int, str, str]:
 
 async def test_port_zero_picks_a_free_port_and_healthz_answers_200() -> None:
     """/healthz is 200 while the process runs, even when not ready."""
-    async with observe.HealthServer(observe.Readiness(), host="127.0.0.1", port=0) as server:
+    async with health.HealthServer(health.Readiness(), host="127.0.0.1", port=0) as server:
         assert server.port > 0
         status, _, body = await get(f"{server.url}/healthz")
     assert status == 200
@@ -43,8 +43,8 @@ async def test_port_zero_picks_a_free_port_and_healthz_answers_200() -> None:
 
 async def test_readyz_flips_with_readiness_marks() -> None:
     """/readyz: 503 naming what is missing, 200 when ready, 503 again when Kafka goes away."""
-    r = observe.Readiness()
-    async with observe.HealthServer(r, port=0) as server:
+    r = health.Readiness()
+    async with health.HealthServer(r, port=0) as server:
         status, ctype, body = await get(f"{server.url}/readyz")
         assert status == 503
         assert ctype.startswith("application/json")
@@ -79,7 +79,7 @@ async def test_readyz_probe_reports_kafka_down_against_a_real_and_a_dead_broker(
     r = ready_readiness()
     r.probe_timeout_seconds = 5.0
     r.add_probe("kafka", kafka_probe)
-    async with observe.HealthServer(r, port=0) as server:
+    async with health.HealthServer(r, port=0) as server:
         status, _, _ = await get(f"{server.url}/readyz")
         assert status == 200
         target["servers"] = f"127.0.0.1:{closed_port()}"
@@ -92,7 +92,7 @@ async def test_readyz_probe_reports_kafka_down_against_a_real_and_a_dead_broker(
 async def test_metrics_serves_prometheus_text_with_the_service_metrics() -> None:
     """/metrics is the Prometheus text format of ingestor.metrics.REGISTRY."""
     metrics.EVENTS_PUBLISHED.labels(source="v1", type="charge.succeeded").inc()
-    async with observe.HealthServer(ready_readiness(), port=0) as server:
+    async with health.HealthServer(ready_readiness(), port=0) as server:
         status, ctype, body = await get(f"{server.url}/metrics")
     assert status == 200
     assert ctype.startswith("text/plain")
@@ -110,7 +110,7 @@ async def test_metrics_serves_prometheus_text_with_the_service_metrics() -> None
 
 async def test_close_twice_is_safe_and_use_after_close_raises() -> None:
     """close() is idempotent; the port is released; start/port after close raise ClosedError."""
-    server = observe.HealthServer(observe.Readiness(), port=0)
+    server = health.HealthServer(health.Readiness(), port=0)
     await server.start()
     port = server.port
     await server.close()
@@ -125,8 +125,8 @@ async def test_close_twice_is_safe_and_use_after_close_raises() -> None:
 
 async def test_a_taken_port_fails_start_loudly() -> None:
     """Binding an occupied port raises (OSError) instead of running without health endpoints."""
-    async with observe.HealthServer(observe.Readiness(), port=0) as first:
-        second = observe.HealthServer(observe.Readiness(), port=first.port)
+    async with health.HealthServer(health.Readiness(), port=0) as first:
+        second = health.HealthServer(health.Readiness(), port=first.port)
         with pytest.raises(OSError, match="in use"):
             await second.start()
         await second.close()

@@ -7,7 +7,7 @@ import dataclasses
 
 import orjson
 
-from ingestor.observe import Readiness
+from ingestor.health import Readiness
 from ingestor.pipeline import serve
 from ingestor.sim.scenario import load_scenario
 from ingestor.sim.server import SimServer

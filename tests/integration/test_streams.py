@@ -8,7 +8,7 @@ import dataclasses
 
 import structlog
 
-from ingestor.observe import Readiness
+from ingestor.health import Readiness
 from ingestor.pipeline import EXIT_FAILURE, serve
 from ingestor.sim.scenario import load_scenario
 from ingestor.sim.server import SimServer

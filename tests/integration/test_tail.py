@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from ingestor import tailcmd
+from ingestor import kafka_tail
 from ingestor.config import KafkaConfig
 from ingestor.errors import KafkaUnavailable
 
@@ -59,8 +59,8 @@ async def test_read_all_sees_committed_records_of_the_prefix_only(
     """Aborted records, the state topic and other prefixes never show up."""
     await publish(bootstrap, topic_prefix)
     seen: list[bytes] = []
-    count = await tailcmd.read_all(
-        bootstrap, topic_prefix, lambda r: seen.append(tailcmd.record_json(r)), max_seconds=30
+    count = await kafka_tail.read_all(
+        bootstrap, topic_prefix, lambda r: seen.append(kafka_tail.record_json(r)), max_seconds=30
     )
     docs = [orjson.loads(line) for line in seen]
     assert count == 3
@@ -77,13 +77,13 @@ async def test_read_all_sees_committed_records_of_the_prefix_only(
 
 async def test_empty_prefix_reads_nothing(bootstrap: str, topic_prefix: str) -> None:
     """A prefix with no topics returns 0 at once."""
-    assert await tailcmd.read_all(bootstrap, topic_prefix, lambda r: None, max_seconds=10) == 0
+    assert await kafka_tail.read_all(bootstrap, topic_prefix, lambda r: None, max_seconds=10) == 0
 
 
 async def test_unreachable_broker_is_a_named_failure(topic_prefix: str) -> None:
     """No broker: KafkaUnavailable naming the address, within the time limit."""
     with pytest.raises(KafkaUnavailable, match=r"127\.0\.0\.1:1"):
-        await tailcmd.read_all("127.0.0.1:1", topic_prefix, lambda r: None, max_seconds=10)
+        await kafka_tail.read_all("127.0.0.1:1", topic_prefix, lambda r: None, max_seconds=10)
 
 
 async def test_cli_tail_summary_prints_a_per_topic_table(bootstrap: str, topic_prefix: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ingestor import cli, config, observe
+from ingestor import cli, config, logs
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk_test_51CliSecretKeyValue"
@@ -28,7 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     monkeypatch.chdir(ROOT)
     yield
-    observe.reset_logging()
+    logs.reset_logging()
 
 
 def run_cli(
@@ -279,3 +279,43 @@ def test_ingestor_errors_name_their_kind_and_exit_1(
     code, _, err = run_cli(capsys, "run", env={"STRIPE_API_KEY": KEY})
     assert code == cli.EXIT_FAILURE
     assert err.strip() == "ingestor: Fenced: another process owns shard 0"
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_exit_0() -> None:
+    """`ingestor config show | head` where head has already gone: no "unexpected error:
+    BrokenPipeError", no exit-time flush complaint, exit code 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ingestor", "config", "show"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "STRIPE_API_KEY": "sk_test_pipe"},
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == b""
+    assert proc.returncode == cli.EXIT_OK
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_still_an_unexpected_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A BrokenPipeError from elsewhere (a socket) while stdout is fine is reported, exit 1."""
+
+    def broken(_args: Any) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_dispatch", broken)
+    assert cli.main(["config", "show"]) == cli.EXIT_FAILURE
+    assert "unexpected error: BrokenPipeError" in capsys.readouterr().err
+
+
+def test_help_lists_every_exit_code() -> None:
+    """The CLI help names exit codes 0, 1, 2, 3 and 130."""
+    text = cli.build_parser().format_help()
+    for code in ("0 done", "1 a named failure", "2 bad configuration", "3 `run --once`", "130"):
+        assert code in " ".join(text.split()), code

@@ -11,6 +11,7 @@ import pytest
 
 from ingestor import config
 from ingestor.errors import ConfigError
+from ingestor.timespec import parse_since
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TOML = ROOT / "config" / "default.toml"
@@ -124,6 +125,29 @@ def test_backfill_since_rejects_garbage() -> None:
             env={"STRIPE_API_KEY": KEY}, flags={"backfill.since": "last week"}, defaults_file=None
         )
     assert info.value.setting == "backfill.since"
+
+
+@pytest.mark.parametrize(
+    "since",
+    ["7d", " 12 h ", "1.5d", "2026-01-02", "2026-01-02T03:04:05+02:00", "", "7 days", "-3d", "d"],
+)
+def test_config_accepts_exactly_the_since_values_the_run_can_parse(since: str) -> None:
+    """One parser: backfill.since is valid in the config iff timespec.parse_since reads it, so
+    a value the config accepted never fails later when the backfill starts."""
+    try:
+        parse_since(since, 1_767_225_600_000)
+        parses = True
+    except ConfigError:
+        parses = False
+    problem: ConfigError | None = None
+    try:
+        config.load(
+            env={"STRIPE_API_KEY": KEY}, flags={"backfill.since": since}, defaults_file=None
+        )
+    except ConfigError as exc:
+        problem = exc
+    assert (problem is None) == parses
+    assert problem is None or problem.setting == "backfill.since"
 
 
 def test_unknown_flag_key_is_a_config_error() -> None:

@@ -2,54 +2,48 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped,import-not-found,unused-ignore]
+import jsonschema  # type: ignore[import-untyped,import-not-found,unused-ignore]  # stubs optional
 import pytest
 
-from ingestor.contracts import SCHEMA_FILES, ContractViolation, load_schema, validate_record
+from ingestor.contracts import SCHEMA_FILES, load_schema, validate_record
+from ingestor.data import event_types
+from ingestor.errors import ContractViolation
 from ingestor.events import Event, Hydration, Record
 from ingestor.route import Router, record_size
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-
-
-def _types() -> tuple[list[str], list[str]]:
-    section: dict[str, list[str]] = {"v1": [], "v2": []}
-    current = ""
-    for line in (SHARED / "stripe" / "event-types.txt").read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line in ("[v1]", "[v2]"):
-            current = line[1:-1]
-        elif line and not line.startswith("#"):
-            section[current].append(line)
-    return section["v1"], section["v2"]
+from ingestor.sim import factories
 
 
-def _resources(fixtures3_path: Path) -> dict[str, Any]:
-    resources: dict[str, Any] = json.loads(fixtures3_path.read_text(encoding="utf-8"))["resources"]
-    return resources
+def _types() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    types = event_types()
+    return types["v1"], types["v2"]
 
 
-def _resource_for(event_type: str, resources: dict[str, Any]) -> dict[str, Any]:
-    # The longest resource name the type starts with, e.g. "charge.dispute.closed" -> "charge".
+def _resource_for(event_type: str) -> dict[str, Any]:
+    # The longest kind the type starts with, e.g. "charge.dispute.closed" -> "charge".
     parts = event_type.split(".")
     for n in range(len(parts) - 1, 0, -1):
         name = ".".join(parts[:n])
-        if isinstance(resources.get(name), dict):
-            obj: dict[str, Any] = resources[name]
-            return obj
-    fallback: dict[str, Any] = resources["charge"]
-    return fallback
+        if name in factories.FACTORIES:
+            return factories.build(name, f"{name[:3]}_1PgafuB7WZ01zgkWXYmPNZs8", 1_767_225_000)
+    return factories.charge("ch_1PgafuB7WZ01zgkWXYmPNZs8", 1_767_225_000)
 
 
-def _v1_events(fixtures3_path: Path) -> Iterator[Event]:
-    resources = _resources(fixtures3_path)
-    template = resources["event"]
+def _v1_events() -> Iterator[Event]:
+    template = {
+        "id": "evt_1Pgc76B7WZ01zgkWwyRHS12y",
+        "object": "event",
+        "api_version": None,
+        "created": 1_767_225_599,
+        "data": {"object": factories.price("price_1PgafmB7WZ01zgkW6dKueIc5", 1_767_225_000)},
+        "livemode": False,
+        "pending_webhooks": 0,
+        "request": {"id": None, "idempotency_key": None},
+        "type": "price.created",
+    }
     yield Event.from_v1(template)
     v1_types, _ = _types()
     for i, event_type in enumerate(v1_types):
@@ -59,7 +53,7 @@ def _v1_events(fixtures3_path: Path) -> Iterator[Event]:
             "created": 1_767_225_600 + i,
             "livemode": i % 2 == 0,
             "api_version": None if i % 7 == 0 else "2026-10-28.endive",
-            "data": {"object": _resource_for(event_type, resources)},
+            "data": {"object": _resource_for(event_type)},
         }
         if i % 3 == 0:
             payload["account"] = f"acct_1Connected{i}"
@@ -105,10 +99,10 @@ def test_schemas_are_valid_draft_2020_12() -> None:
         assert schema["$id"].startswith("urn:ingestor:contracts:")
 
 
-def test_every_v1_record_validates(fixtures3_path: Path) -> None:
+def test_every_v1_record_validates() -> None:
     router = Router("stripe", firehose=True)
     count = 0
-    for event in _v1_events(fixtures3_path):
+    for event in _v1_events():
         for mode in ("tail", "backfill"):
             for record in router.route(event, None, ingest_mode=mode):
                 assert validate_record(record) == event.payload
@@ -127,9 +121,9 @@ def test_every_v2_record_validates() -> None:
     assert statuses == {"ok", "not_found", "failed"}
 
 
-def test_dlq_records_validate_in_every_shape(fixtures3_path: Path) -> None:
+def test_dlq_records_validate_in_every_shape() -> None:
     router = Router("stripe")
-    v1 = next(_v1_events(fixtures3_path))
+    v1 = next(_v1_events())
     [original] = router.route(v1, None, ingest_mode="tail")
     event, hydration = next((e, h) for e, h in _v2_events() if h.status == "failed")
     [v2_original] = router.route(event, hydration, ingest_mode="backfill")

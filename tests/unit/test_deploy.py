@@ -120,6 +120,23 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def test_compose_needs_nothing_outside_the_repository() -> None:
+    """Every volume is a named volume or a path inside the repository, and no service reads a
+    host path from its environment: a clone with nothing beside it can `docker compose up`."""
+    doc = yaml.safe_load(COMPOSE.read_text())
+    named = set(doc.get("volumes") or {})
+    for name, service in doc["services"].items():
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":")[0]
+            if source in named:
+                continue
+            resolved = (ROOT / os.path.expandvars(source)).resolve()
+            assert resolved.is_relative_to(ROOT), (name, volume)
+        for key, value in (service.get("environment") or {}).items():
+            assert "../" not in str(value), (name, key, value)
+    assert "../" not in COMPOSE.read_text()
+
+
 def test_compose_services_wire_kafka_sim_and_ingestor() -> None:
     """kafka (KRaft, single-node transactions), stripe-sim and ingestor with health gating."""
     doc = yaml.safe_load(COMPOSE.read_text())
@@ -135,13 +152,12 @@ def test_compose_services_wire_kafka_sim_and_ingestor() -> None:
     assert any(v.split(":")[0] in doc["volumes"] for v in kafka["volumes"])
     sim = services["stripe-sim"]
     assert sim["command"][:5] == ["sim", "--host", "0.0.0.0", "--port", "12111"]
-    assert sim["environment"]["INGESTOR_STRIPE_DATA"] == "/data/stripe"
-    assert any(str(v).endswith(":/data/stripe:ro") for v in sim["volumes"])
     assert "healthcheck" in sim
     ing = services["ingestor"]
     assert ing["command"][0] == "run"
     ienv = ing["environment"]
-    assert ienv["STRIPE_API_BASE"] == "http://stripe-sim:12111"
+    # The simulator unless the shell names another base (your own account: Stripe's API).
+    assert ienv["STRIPE_API_BASE"] == "${STRIPE_API_BASE:-http://stripe-sim:12111}"
     assert ienv["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert ienv["STRIPE_API_KEY"].startswith("${STRIPE_API_KEY")
     assert ing["depends_on"] == {

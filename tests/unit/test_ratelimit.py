@@ -27,7 +27,7 @@ class FakeClock:
 
 
 def budget(rate: float, clock: FakeClock, **kw: float) -> RateBudget:
-    return RateBudget(rate, clock=clock, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
+    return RateBudget(rate, clock=clock, sleep=clock.sleep, **kw)  # type: ignore[arg-type]  # any float kw
 
 
 async def test_burst_is_free_then_each_token_waits_exactly_one_interval() -> None:

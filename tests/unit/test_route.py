@@ -1,25 +1,25 @@
-"""Routing: legal, distinct, stable topic names; keys, headers, values and DLQ records per §3."""
+"""Routing: legal, distinct, stable topic names; the contract's keys, headers, values and DLQs."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from ingestor.errors import IngestorError
+from ingestor import config
+from ingestor.data import event_types
+from ingestor.errors import ConfigError, IngestorError, TopicCollision
 from ingestor.events import Event, Hydration
-from ingestor.route import MAX_TOPIC_LEN, Router, TopicCollision, record_size
+from ingestor.route import MAX_PREFIX_LEN, MAX_TOPIC_LEN, Router, record_size
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LEGAL = re.compile(r"[a-zA-Z0-9._-]+")
 
 
 def _event_types() -> list[str]:
-    lines = (SHARED / "stripe" / "event-types.txt").read_text(encoding="utf-8").splitlines()
-    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith(("#", "["))]
+    types = event_types()
+    return [*types["v1"], *types["v2"]]
 
 
 def _assert_legal(topic: str) -> None:
@@ -63,7 +63,7 @@ def _v2(related: bool = True, context: str | None = "acct_9") -> Event:
 
 def test_all_real_event_types_map_to_legal_distinct_stable_topics() -> None:
     types = _event_types()
-    assert len(types) == 275 + 311
+    assert len(types) == 275 + 326
     router = Router("stripe")
     topics = [router.topic_for(t) for t in types]
     for topic in topics:
@@ -139,12 +139,25 @@ def test_types_differing_only_in_dot_versus_underscore_raise_instead_of_merging(
     assert not TopicCollision.retriable
 
 
-def test_long_prefix_still_fits_and_bad_prefix_is_refused() -> None:
-    router = Router("p" * 200)
-    _assert_legal(router.topic_for("v2.core.account[identity].updated"))
-    for bad in ("", ".", "..", "a b", "p" * 201):
+def test_longest_prefix_keeps_every_real_type_unhashed_and_longer_is_refused() -> None:
+    """At MAX_PREFIX_LEN every Stripe type's topic is `<prefix>.<type>`, legal and unhashed; a
+    prefix one longer, or illegal, is refused; config enforces the very same limit."""
+    router = Router("p" * MAX_PREFIX_LEN)
+    for event_type in _event_types():
+        topic = router.topic_for(event_type)
+        _assert_legal(topic)
+        if LEGAL.fullmatch(event_type):
+            assert topic == f"{router.prefix}.{event_type}"
+    for bad in ("", ".", "..", "a b", "p" * (MAX_PREFIX_LEN + 1)):
         with pytest.raises(ValueError, match="prefix"):
             Router(bad)
+    for prefix, ok in (("p" * MAX_PREFIX_LEN, True), ("p" * (MAX_PREFIX_LEN + 1), False)):
+        env = {"STRIPE_API_KEY": "sk_test_route", "INGESTOR_TOPIC_PREFIX": prefix}
+        if ok:
+            assert config.load(env=env, defaults_file=None).config.kafka.topic_prefix == prefix
+        else:
+            with pytest.raises(ConfigError, match=str(MAX_PREFIX_LEN)):
+                config.load(env=env, defaults_file=None)
 
 
 def test_v1_record_carries_stripes_json_unchanged_keyed_by_object_id() -> None:

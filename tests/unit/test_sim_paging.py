@@ -21,26 +21,27 @@ def small(**changes: object) -> Simulator:
         history_events=300,
         history_bursts=0,
         accounts=(),
-        **changes,  # type: ignore[arg-type]
+        **changes,  # type: ignore[arg-type]  # each test passes fields of the right type
     )
     return Simulator(scenario, seed=11)
 
 
 def page(sim: Simulator, limit: int = 100, **kw: str | None) -> dict[str, object]:
     window = kw.pop("window", None) or Window()
+    # kw holds only the cursor strings list_v1 takes.
     data: dict[str, object] = orjson.loads(list_v1(sim, None, window, limit, **kw))  # type: ignore[arg-type]
     return data
 
 
 def ids(p: dict[str, object]) -> list[str]:
-    return [e["id"] for e in p["data"]]  # type: ignore[attr-defined]
+    return [e["id"] for e in p["data"]]  # type: ignore[attr-defined]  # JSON list of dicts
 
 
 def walk_older(sim: Simulator, limit: int, window: Window | None = None) -> list[str]:
     out: list[str] = []
     cursor = None
     while True:
-        p = page(sim, limit, starting_after=cursor, window=window)  # type: ignore[arg-type]
+        p = page(sim, limit, starting_after=cursor, window=window)  # type: ignore[arg-type]  # window: a kw
         out += ids(p)
         if not p["has_more"]:
             return out
@@ -78,7 +79,7 @@ def test_late_event_appears_later_behind_the_cursor_at_its_created_position() ->
     """An event created earlier but visible only after its lag is invisible at first, then
     listed at its `created` position: not newer than the head a tailer already holds."""
     sim = small()
-    newest = page(sim, 1)["data"][0]  # type: ignore[index]
+    newest = page(sim, 1)["data"][0]  # type: ignore[index]  # JSON list of dicts
     head = newest["id"]
     [late] = sim.add_events(
         1, type="customer.updated", created=newest["created"] - 1, lag_seconds=5

@@ -16,13 +16,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from ingestor.config import KafkaConfig
-from ingestor.errors import IngestorError, KafkaUnavailable
+from ingestor.errors import KafkaUnavailable, TailIncomplete
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-
-
-class TailIncomplete(IngestorError):
-    """The time limit passed before every partition was read to its end offset."""
 
 
 @dataclass(slots=True)
