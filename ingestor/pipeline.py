@@ -503,13 +503,20 @@ class Pipeline:
         plan = SlicePlan[Routed].build(lo, hi, width, g)
 
         async def fetch(lo: int, hi: int) -> AsyncIterator[list[Routed]]:
-            async for events in self._read_window(p, lo, hi, ()):
+            # One slice's ids: a server that repeats an event on two pages of one walk must
+            # not get it published twice (the backfill keeps no seen window).
+            walked: set[str] = set()
+            async for page in self._read_window(p, lo, hi, ()):
                 self.readiness.mark_poll_ok()
+                events = [e for e in page if e.id not in walked]
+                walked.update(e.id for e in events)
+                dups = len(page) - len(events)
                 if mode == "tail":
                     # Slices are disjoint, so the seen window alone keeps this duplicate-free.
-                    events, dups = rt.filter_new(events)
-                    if dups:
-                        metrics.DUPLICATES_SKIPPED.labels(source=p.api).inc(dups)
+                    events, seen = rt.filter_new(events)
+                    dups += seen
+                if dups:
+                    metrics.DUPLICATES_SKIPPED.labels(source=p.api).inc(dups)
                 yield await self._prepare(events, mode)
 
         backfiller = Backfiller(

@@ -19,8 +19,8 @@ import dataclasses
 import logging
 import random
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -476,36 +476,11 @@ def _check(
     report.published = sum(counts.values())
     report.duplicated = sorted(i for i, n in counts.items() if n > 1)
     report.lost = sorted(i for i in expected if i not in counts)
-    # Order: within each (topic, partition, key), events in Stripe's order, oldest first by
-    # (created, list position), except pairs where one was visible later than the overlap.
-    overlap_ms = int(OVERLAP_S * 1000)
-    seqs: dict[tuple[str, int, bytes | None], list[int]] = defaultdict(list)
-    for r in records:
-        found = expected.get(_header(r.headers, "event_id"))
-        if found is not None and not r.topic.endswith(".dlq"):
-            seqs[(r.topic, r.partition, r.key)].append(found)
-
-    def late(serial: int) -> bool:
-        return events.visible_at[serial] - events.created_ms[serial] > overlap_ms
-
-    for key, seq in seqs.items():
-        newest_on_time: int | None = None
-        for serial in seq:
-            if late(serial):
-                continue
-            order = (events.created_ms[serial], serial)
-            if newest_on_time is not None:
-                prev = (events.created_ms[newest_on_time], newest_on_time)
-                if order < prev:
-                    report.out_of_order.append(
-                        f"{key[0]}/{key[1]} {key[2]!r}: {views.event_id(serial)} after "
-                        f"{views.event_id(newest_on_time)}"
-                    )
-            if newest_on_time is None or order > (
-                events.created_ms[newest_on_time],
-                newest_on_time,
-            ):
-                newest_on_time = serial
+    report.out_of_order = order_violations(
+        ((r.topic, r.partition, r.key, _header(r.headers, "event_id")) for r in records),
+        sim,
+        int(OVERLAP_S * 1000),
+    )
     # Bounded: what a restart reads holds about rate x (sweep window x 2 + slack), never
     # history; the ceiling is generous (bursts and same-second runs add to the rate).
     streams = 2 * (1 + len(plan.accounts))
@@ -525,6 +500,35 @@ def _check(
     bad_exits = [c for c in report.exit_codes[:-1] if c not in (0,)]
     if bad_exits:
         report.false_alarms.append(f"graceful stops exited {bad_exits}")
+
+
+def order_violations(
+    published: Iterable[tuple[str, int, bytes | None, str]], sim: Simulator, overlap_ms: int
+) -> list[str]:
+    """Within each (topic, partition, key), in offset order, events must come in Stripe's
+    order, oldest first by (created, list position), except events that became visible more
+    than the overlap after they were created. `published` is (topic, partition, key, event
+    id) in offset order per partition."""
+    events, views = sim.events, sim.views
+    ids: dict[str, int] = {}
+    for n in range(len(events)):
+        if events.visible[n]:
+            ids[views.event_id(n)] = n
+    newest: dict[tuple[str, int, bytes | None], tuple[int, int]] = {}
+    out: list[str] = []
+    for topic, partition, key, event_id in published:
+        serial = ids.get(event_id)
+        if serial is None or topic.endswith(".dlq"):
+            continue
+        if events.visible_at[serial] - events.created_ms[serial] > overlap_ms:
+            continue  # late: published when found, out of order by design
+        order = (events.created_ms[serial], serial)
+        prev = newest.get((topic, partition, key))
+        if prev is not None and order < prev:
+            out.append(f"{topic}/{partition} {key!r}: {event_id} after {views.event_id(prev[1])}")
+        if prev is None or order > prev:
+            newest[(topic, partition, key)] = order
+    return out
 
 
 def _header(headers: Any, name: str) -> str:
