@@ -49,10 +49,17 @@ unit: install
 
 # Starts the broker if it is not up yet, and stops it afterwards only if it started it.
 test: lint
-	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m pytest tests
+	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m pytest tests -m "not soak"
 
+# 1,000 simulated seeds (the summary goes to bench/results/chaos.txt), then the real-broker
+# chaos tests and the 10-minute soak at default settings.
+CHAOS_SEEDS ?= 1000
+CHAOS_JOBS ?= 2
 chaos: install
-	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m pytest tests/chaos -m slow
+	@mkdir -p bench/results
+	set -o pipefail; $(PY) -m tests.simulation.run --seeds $(CHAOS_SEEDS) --hours 0.15 \
+	  --jobs $(CHAOS_JOBS) | tee bench/results/chaos.txt | tail -n 3
+	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m pytest tests/chaos -m "slow or soak" -s
 
 demo: install
 	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m ingestor.demo

@@ -172,7 +172,8 @@ async def start(
         STRIPE_API_KEY=key,
         STRIPE_API_BASE=sim_url,
         STRIPE_ACCOUNTS="all",
-        STRIPE_RATE_LIMIT="400",
+        # The generic form, so a test's own stripe__rate_limit replaces it.
+        INGESTOR_STRIPE__RATE_LIMIT="400",
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
         INGESTOR_TOPIC_PREFIX=prefix,
         INGESTOR_HTTP_PORT=str(port),
