@@ -19,8 +19,8 @@ from tests.integration.harness import (
     check_exactly_once,
     check_output,
     published,
+    settle,
     start,
-    until,
     wait_published,
     wait_ready,
 )
@@ -92,11 +92,7 @@ async def test_kill9_at_random_moments_loses_and_duplicates_nothing(
             s.set_live_rate(0.0, burst_interval_seconds=0.0)
 
             # Late events still pending become visible within lag_max_seconds.
-            def settled() -> bool:
-                s.tick()
-                return not s.events.pending
-
-            await until(settled, within=15)
+            await settle(s, within=15)
             truth = s.truth()
             await wait_published(bootstrap, topic_prefix, {t["id"] for t in truth}, within=120)
             last.proc.send_signal(signal.SIGTERM)

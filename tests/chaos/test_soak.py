@@ -20,8 +20,8 @@ from tests.integration.harness import (
     check_output,
     headers,
     published,
+    settle,
     start,
-    until,
     wait_published,
 )
 from tests.simulation.world import order_violations
@@ -91,11 +91,7 @@ async def test_a_long_soak_at_default_settings_is_exactly_once_and_in_order(
             await asyncio.sleep(max(0.0, SOAK_SECONDS - (loop.time() - began)))
             s.set_live_rate(0.0, burst_interval_seconds=0.0)
 
-            def settled() -> bool:
-                s.tick()
-                return not s.events.pending
-
-            await until(settled, within=LAG_MAX + 30, every=1.0)
+            await settle(s, within=LAG_MAX + 30, every=1.0)
             truth = s.truth()
             # A late event is found by the next sweep (every minute, under its budget share).
             await wait_published(bootstrap, topic_prefix, {t["id"] for t in truth}, within=600)

@@ -17,6 +17,7 @@ import orjson
 from ingestor import config
 from ingestor.metrics import REGISTRY
 from ingestor.route import Router
+from ingestor.sim.simulator import Simulator
 from tests.integration.kafka_util import ROOT, free_port, read_all
 
 TEST_KEY = "sk_test_integration_0123456789"
@@ -113,6 +114,16 @@ def check_exactly_once(
 def metric(name: str, **labels: str) -> float:
     """The current value of a sample in the service's registry (0 when never set)."""
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def settle(sim: Simulator, *, within: float, every: float = 0.2) -> None:
+    """Waits until every late event the simulator holds has become visible."""
+
+    def settled() -> bool:
+        sim.tick()
+        return not sim.events.pending
+
+    await until(settled, within=within, every=every)
 
 
 async def until(condition: Callable[[], bool], *, within: float, every: float = 0.2) -> None:
