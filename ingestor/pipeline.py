@@ -172,8 +172,6 @@ class Pipeline:
             for rt in self.runtimes.values():
                 tg.create_task(self._supervise(rt))
 
-    # --- commit -----------------------------------------------------------------------------
-
     # --- streams ----------------------------------------------------------------------------
 
     async def _supervise(self, rt: StreamState) -> None:
