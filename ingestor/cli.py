@@ -105,7 +105,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--summary", action="store_true", help="a per-topic count table")
     tail.add_argument(
-        "--max-seconds", type=float, default=60.0, metavar="N", help="give up after N seconds"
+        "--types",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="only event types matching a glob, e.g. 'charge.*' (comma-separated, repeatable)",
+    )
+    tail.add_argument(
+        "--account", metavar="ID", help="only this account's events (`platform`: the platform's)"
+    )
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument(
+        "--since",
+        dest="tail_since",
+        metavar="WHEN",
+        help="start at records published since WHEN: a duration (10m, 2h) or RFC 3339",
+    )
+    start.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start at the first record (the default unless --follow)",
+    )
+    tail.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new records (starts at the end unless --since/--from-beginning)",
+    )
+    tail.add_argument("--limit", type=int, metavar="N", help="stop after N records")
+    tail.add_argument(
+        "--format",
+        dest="output",
+        choices=("auto", "text", "json"),
+        default="auto",
+        help="text: one readable line per event; json: JSON lines (auto: text on a terminal)",
+    )
+    tail.add_argument(
+        "--max-seconds",
+        type=float,
+        metavar="N",
+        help="without --follow give up after N seconds (default 60); with it stop after N",
     )
 
     cfg = sub.add_parser("config", help="configuration")
@@ -182,6 +221,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             summary=args.summary,
             max_seconds=args.max_seconds,
+            types=args.types,
+            account=args.account,
+            since=args.tail_since,
+            from_beginning=args.from_beginning,
+            follow=args.follow,
+            limit=args.limit,
+            output=args.output,
         )
 
     # Everything below needs the config, and builds it before anything starts.
@@ -213,7 +259,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "since", None) is not None and not args.backfill:
+    if args.command == "run" and args.since is not None and not args.backfill:
         parser.error("--since needs --backfill")
     try:
         code = _dispatch(args)

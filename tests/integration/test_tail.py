@@ -1,9 +1,13 @@
-"""`ingestor tail` reads <prefix>.* topics read_committed, skipping the state topic."""
+"""`ingestor tail` reads <prefix>.* topics read_committed, skipping the state topic, and filters
+and prints what the pipeline published."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import fnmatch
 import os
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -14,8 +18,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ingestor import kafka_tail
+from ingestor.clock import wall_ms
 from ingestor.config import KafkaConfig
 from ingestor.errors import KafkaUnavailable
+from ingestor.events import ms_to_rfc3339
+from ingestor.pipeline import serve
+from ingestor.sim.scenario import load_scenario
+from ingestor.sim.server import SimServer
+from tests.integration.harness import make_config, wait_published
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,3 +126,99 @@ async def test_cli_tail_summary_prints_a_per_topic_table(bootstrap: str, topic_p
     assert table[f"{topic_prefix}.charge.dispute.closed"] == ["1", "dp_1"]
     assert table[f"{topic_prefix}.charge.succeeded"][0] == "2"
     assert table["total"] == ["3"]
+
+
+# --- the CLI on what the pipeline published ------------------------------------------------
+
+
+async def tail_cli(bootstrap: str, prefix: str, *args: str) -> str:
+    """`ingestor tail` as a subprocess with stdout piped; its output (exit 0 asserted)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "KAFKA_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ingestor",
+        "tail",
+        "--bootstrap",
+        bootstrap,
+        "--prefix",
+        prefix,
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(90):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+ACCOUNTS = ("acct_1TailCliAlpha", "acct_1TailCliBravo")
+
+
+async def test_cli_tail_filters_by_type_account_and_since_in_both_formats(
+    bootstrap: str, topic_prefix: str
+) -> None:
+    """On events the pipeline published: piped output is JSON lines, `--format text` one
+    readable line per event; `--types` keeps the matching types, `--account` one account's
+    (or the platform's) events, `--since` only what was published after that time."""
+    scenario = dataclasses.replace(
+        load_scenario(None), history_events=240, v2_share=0.2, accounts=ACCOUNTS
+    )
+    async with SimServer(scenario, seed=13) as sim:
+        loaded = make_config(sim.url, bootstrap, topic_prefix, stripe__accounts="all")
+        assert await serve(loaded, backfill=True, once=True) == 0
+        first = sim.sim.truth()
+        await wait_published(bootstrap, topic_prefix, {t["id"] for t in first})
+        await asyncio.sleep(1.5)  # Kafka timestamps are ms; keep the two runs well apart
+        between = ms_to_rfc3339(wall_ms())
+        await asyncio.sleep(1.5)
+        later = sim.sim.add_events(7, type="charge.refunded", account=ACCOUNTS[1])
+        later += sim.sim.add_events(4, type="customer.created")
+        assert await serve(loaded, backfill=True, once=True) == 0
+        truth = sim.sim.truth()
+    await wait_published(bootstrap, topic_prefix, {t["id"] for t in truth})
+    by_id = {t["id"]: t for t in truth}
+
+    def ids_of_json(out: str) -> list[str]:
+        docs = [orjson.loads(line) for line in out.splitlines()]
+        return [d["headers"]["event_id"] for d in docs]
+
+    everything = ids_of_json(await tail_cli(bootstrap, topic_prefix))
+    assert sorted(everything) == sorted(by_id)
+
+    charges = ids_of_json(await tail_cli(bootstrap, topic_prefix, "--types", "charge.*"))
+    expected = sorted(i for i, t in by_id.items() if fnmatch.fnmatchcase(t["type"], "charge.*"))
+    assert 0 < len(expected) < len(by_id)
+    assert sorted(charges) == expected
+
+    bravo = ids_of_json(await tail_cli(bootstrap, topic_prefix, "--account", ACCOUNTS[1]))
+    expected = sorted(i for i, t in by_id.items() if t["account"] == ACCOUNTS[1])
+    assert 0 < len(expected) < len(by_id)
+    assert sorted(bravo) == expected
+    platform = ids_of_json(await tail_cli(bootstrap, topic_prefix, "--account", "platform"))
+    expected = sorted(i for i, t in by_id.items() if t["account"] is None)
+    assert expected
+    assert sorted(platform) == expected
+
+    text = await tail_cli(bootstrap, topic_prefix, "--since", between, "--format", "text")
+    lines = text.splitlines()
+    assert len(lines) == len(later)
+    rows = [re.split(r"\s{2,}", line) for line in lines]
+    want = {
+        (by_id[i]["type"], by_id[i]["object_id"], by_id[i]["account"] or "platform") for i in later
+    }
+    assert {(r[1], r[2], r[3]) for r in rows} == want
+    for r in rows:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", r[0]), r
+        if r[1] == "charge.refunded":  # a charge shows its amount with currency and status
+            assert re.fullmatch(r"\d+\.\d\d [A-Z]{3}", r[4]), r
+            assert re.fullmatch(r"[a-z_]+", r[5]), r
+    both = await tail_cli(
+        bootstrap, topic_prefix, "--since", between, "--types", "customer.*", "--format", "json"
+    )
+    assert sorted(ids_of_json(both)) == sorted(
+        i for i in later if by_id[i]["type"] == "customer.created"
+    )
