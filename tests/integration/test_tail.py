@@ -222,3 +222,39 @@ async def test_cli_tail_filters_by_type_account_and_since_in_both_formats(
     assert sorted(ids_of_json(both)) == sorted(
         i for i in later if by_id[i]["type"] == "customer.created"
     )
+
+
+async def test_follow_starts_at_the_end_and_picks_up_new_topics(
+    bootstrap: str, topic_prefix: str
+) -> None:
+    """`--follow`: records already there are not shown; new ones are, in an existing topic
+    and in a topic created after the tail started; it returns after `limit` records."""
+    await publish(bootstrap, topic_prefix)
+    seen: list[str] = []
+    follow = asyncio.create_task(
+        kafka_tail.read_all(
+            bootstrap,
+            topic_prefix,
+            lambda r: seen.append(r.value.decode()),
+            max_seconds=40,
+            start="end",
+            follow=True,
+            limit=2,
+        )
+    )
+    await asyncio.sleep(1.5)  # let it take its start offsets
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"{topic_prefix}.invoice.paid", 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(f"{topic_prefix}.charge.succeeded", b"new-1", key=b"ch_3")
+        await producer.send_and_wait(f"{topic_prefix}.invoice.paid", b"new-2", key=b"in_1")
+    finally:
+        await producer.stop()
+    assert await asyncio.wait_for(follow, 30) == 2
+    assert sorted(seen) == ["new-1", "new-2"]
