@@ -9,9 +9,9 @@ STRIPE_MOCK := $(VENV)/bin/stripe-mock
 STRIPE_MOCK_VERSION := v0.203.0
 STRIPE_MOCK_STAMP := $(VENV)/.stripe-mock-version
 
-.PHONY: install stripe-mock kafka-up kafka-down test lint unit demo bench chaos clean
+.PHONY: install stripe-mock asyncapi-parser kafka-up kafka-down test lint unit demo bench chaos clean
 
-install: $(STAMP) stripe-mock
+install: $(STAMP) stripe-mock asyncapi-parser
 
 # Re-installs only when pyproject.toml changes, so `make install` is fast when done.
 $(STAMP): pyproject.toml
@@ -32,6 +32,17 @@ stripe-mock: $(STAMP)
 	  GOBIN=$(abspath $(VENV)/bin) go install github.com/stripe/stripe-mock@$(STRIPE_MOCK_VERSION) && \
 	  echo $(STRIPE_MOCK_VERSION) > $(STRIPE_MOCK_STAMP); \
 	fi
+
+# The official AsyncAPI parser (tests/unit/test_asyncapi_parser.py); skipped when that
+# version is installed. No lock file is written, and no package's install script runs.
+ASYNCAPI := dev/asyncapi
+ASYNCAPI_PARSER := $(ASYNCAPI)/node_modules/@asyncapi/parser/package.json
+asyncapi-parser: $(ASYNCAPI_PARSER)
+
+$(ASYNCAPI_PARSER): $(ASYNCAPI)/package.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm (Node) is needed for the AsyncAPI parser" >&2; exit 1; }
+	cd $(ASYNCAPI) && npm install --no-audit --no-fund --no-package-lock --ignore-scripts --loglevel=error
+	@touch $@
 
 kafka-up: install
 	@PYTHON=$(abspath $(PY)) dev/kafka/kafka.sh up
@@ -68,4 +79,4 @@ bench: install
 	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m bench.run
 
 clean: kafka-down
-	rm -rf .kafka $(VENV) dev/kafka/lib .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .kafka $(VENV) dev/kafka/lib $(ASYNCAPI)/node_modules .mypy_cache .ruff_cache .pytest_cache

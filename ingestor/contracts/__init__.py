@@ -47,9 +47,21 @@ def _validators() -> dict[str, Any]:
     # The ignores: jsonschema and referencing are dev extras, typed only where their stubs are.
     import jsonschema  # type: ignore[import-untyped,import-not-found,unused-ignore]
     from referencing import Registry, Resource  # type: ignore[import-not-found,unused-ignore]
+    from referencing.exceptions import NoSuchResource  # type: ignore[import-not-found,unused-ignore]
 
     docs = {name: load_schema(name) for name in SCHEMA_FILES}
-    registry: Any = Registry().with_resources(
+
+    def retrieve(uri: str) -> Any:
+        # The schemas refer to each other by file name (`./headers.schema.json`), as the
+        # AsyncAPI parser and other file-based tools resolve them.
+        name = uri.rsplit("/", 1)[-1]
+        if name not in docs:
+            raise NoSuchResource(ref=uri)  # type: ignore[call-arg,unused-ignore]  # see below
+        return Resource.from_contents(docs[name])
+
+    # The ignores: referencing's classes are attrs classes behind its own decorator, so
+    # mypy sees neither the `ref` field nor the `retrieve` alias.
+    registry: Any = Registry(retrieve=retrieve).with_resources(  # type: ignore[call-arg,unused-ignore]
         (doc["$id"], Resource.from_contents(doc)) for doc in docs.values()
     )
     checker = jsonschema.FormatChecker()
