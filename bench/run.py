@@ -173,6 +173,10 @@ def ingestor_env(
         "INGESTOR_TOPIC_PREFIX": prefix,
         "INGESTOR_HTTP_PORT": str(http_port),
         "INGESTOR_LOG__FORMAT": "json",
+        # The partitions the published numbers were measured with (the ingestor's old
+        # default), not whatever the broker's num.partitions is.
+        "INGESTOR_KAFKA__TOPIC_PARTITIONS": "6",
+        "INGESTOR_KAFKA__TOPIC_REPLICATION": "1",
         **extra,
     }
 

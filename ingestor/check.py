@@ -14,18 +14,21 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from ingestor.clock import monotonic
-from ingestor.config import Config, KafkaConfig, StripeConfig
+from ingestor.config import BROKER_DEFAULT, Config, KafkaConfig, StripeConfig
 from ingestor.errors import (
+    KafkaUnavailable,
     StripeAuthError,
     StripeConnectionError,
     StripeError,
     StripeNotFound,
 )
+from ingestor.log.kafka_admin import broker_topic_defaults
 from ingestor.log.kafka_common import kafka_client_kwargs
 from ingestor.logs import mask_secrets
 from ingestor.stripe_api import StripeClient
 
-Status = Literal["OK", "FAIL", "SKIP"]
+# WARN: works, but risky (printed; the exit code stays 0).
+Status = Literal["OK", "WARN", "FAIL", "SKIP"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,20 +228,29 @@ async def _check_transactions(
 async def _check_topics(
     cfg: KafkaConfig, admin: AIOKafkaAdminClient, brokers: int, probe_seconds: float
 ) -> CheckResult:
+    """Creates and deletes a probe topic with the replication factor topics will get (the
+    broker's default when kafka.topic_replication = 0); FAIL when it exceeds the broker count,
+    WARN when it is 1 on a cluster of several brokers."""
     name = "kafka topics"
-    if brokers and cfg.topic_replication > brokers:
-        return CheckResult(
-            name,
-            "FAIL",
-            f"kafka.topic_replication = {cfg.topic_replication} but the cluster has "
-            f"{brokers} broker(s)",
-        )
-    probe = f"{cfg.topic_prefix}._ingestor_check_{uuid.uuid4().hex[:12]}"
     started = monotonic()
     try:
         async with asyncio.timeout(probe_seconds):
+            partitions, replication = cfg.topic_partitions, cfg.topic_replication
+            if BROKER_DEFAULT in (partitions, replication):
+                defaults = await broker_topic_defaults(admin)
+                partitions, replication = partitions or defaults[0], replication or defaults[1]
+            setting = (
+                f"default.replication.factor = {replication} (kafka.topic_replication = 0)"
+                if cfg.topic_replication == BROKER_DEFAULT
+                else f"kafka.topic_replication = {replication}"
+            )
+            if brokers and replication > brokers:
+                return CheckResult(
+                    name, "FAIL", f"{setting} but the cluster has {brokers} broker(s)"
+                )
+            probe = f"{cfg.topic_prefix}._ingestor_check_{uuid.uuid4().hex[:12]}"
             created = await admin.create_topics(
-                [NewTopic(probe, num_partitions=1, replication_factor=cfg.topic_replication)]
+                [NewTopic(probe, num_partitions=1, replication_factor=replication)]
             )
             problem = _topic_error(created.to_object())
             if problem:
@@ -248,12 +260,22 @@ async def _check_topics(
             if problem:
                 return CheckResult(name, "FAIL", f"created {probe} but cannot delete it: {problem}")
     except TimeoutError:
-        return CheckResult(name, "FAIL", f"creating/deleting {probe} took over {probe_seconds:g}s")
+        return CheckResult(name, "FAIL", f"creating/deleting a probe took over {probe_seconds:g}s")
+    except KafkaUnavailable as exc:
+        return CheckResult(name, "FAIL", _describe(exc))
     except (KafkaError, OSError) as exc:
-        return CheckResult(name, "FAIL", f"cannot create topic {probe}: {_describe(exc)}")
+        return CheckResult(name, "FAIL", f"cannot create a probe topic: {_describe(exc)}")
     took = monotonic() - started
+    shape = f"topics get {partitions} partition(s), replication {replication}"
+    if replication == 1 and brokers > 1:
+        return CheckResult(
+            name,
+            "WARN",
+            f"{setting} on a cluster of {brokers} brokers: losing one broker loses data; "
+            "set kafka.topic_replication (or the broker's default.replication.factor) to 3",
+        )
     return CheckResult(
-        name, "OK", f"created and deleted probe topic {probe} ({took * 1000:.0f} ms)"
+        name, "OK", f"created and deleted probe topic {probe} ({took * 1000:.0f} ms); {shape}"
     )
 
 

@@ -74,6 +74,12 @@ class StripeConfig:
         return 100.0 if self.live else 25.0
 
 
+# kafka.topic_partitions / kafka.topic_replication at this value: the cluster's own default
+# (num.partitions, default.replication.factor), read from the broker when topics are created.
+BROKER_DEFAULT = 0
+_BROKER_DEFAULT_KEYS = ("kafka.topic_partitions", "kafka.topic_replication")
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaConfig:
     bootstrap_servers: str = "localhost:9092"
@@ -83,8 +89,9 @@ class KafkaConfig:
     sasl_password: Secret = field(default_factory=Secret)
     ssl_cafile: str = ""
     topic_prefix: str = "stripe"
-    topic_partitions: int = 6
-    topic_replication: int = 1
+    # 0 (BROKER_DEFAULT): the cluster's num.partitions / default.replication.factor.
+    topic_partitions: int = 0
+    topic_replication: int = 0
     state_topic_partitions: int = 1
     delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
     shard: int = 0
@@ -436,8 +443,11 @@ def validate(config: Config) -> None:
         )
     if k.topic_prefix in {".", ".."}:
         raise ConfigError("kafka.topic_prefix", "'.' and '..' are not legal Kafka topic names")
-    if k.topic_partitions < 1 or k.topic_replication < 1 or k.state_topic_partitions < 1:
-        raise ConfigError("kafka.topic_partitions", "partitions and replication must be >= 1")
+    for name in ("topic_partitions", "topic_replication"):
+        if getattr(k, name) < BROKER_DEFAULT:
+            raise ConfigError(f"kafka.{name}", "expected >= 1, or 0 for the broker's default")
+    if k.state_topic_partitions < 1:
+        raise ConfigError("kafka.state_topic_partitions", "expected >= 1")
     if k.security_protocol.startswith("SASL") and not (k.sasl_mechanism and k.sasl_username):
         raise ConfigError("kafka.sasl_mechanism", "SASL needs sasl_mechanism and sasl_username")
     if k.max_message_bytes < 1024:
@@ -487,8 +497,10 @@ def show(loaded: Loaded) -> list[tuple[str, str, str]]:
             else:
                 text = str(value)
             name = f"{section}.{f.name}"
+            if name in _BROKER_DEFAULT_KEYS and value == BROKER_DEFAULT:
+                text = f"{BROKER_DEFAULT} (broker default)"
             rows.append((name, text, loaded.sources.get(name, "default")))
     return rows
 
 
-__all__ = ["Config", "Loaded", "Secret", "load", "show", "validate"]
+__all__ = ["BROKER_DEFAULT", "Config", "Loaded", "Secret", "load", "show", "validate"]

@@ -6,9 +6,10 @@ from typing import Any
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from ingestor.config import KafkaConfig
+from ingestor.config import BROKER_DEFAULT, KafkaConfig
 from ingestor.errors import IngestorError, KafkaUnavailable
 
 log = structlog.get_logger("ingestor.sink")
@@ -16,14 +17,49 @@ log = structlog.get_logger("ingestor.sink")
 # Topics we create accept a little more than max_message_bytes: a batch holding one maximal
 # record carries a 61-byte batch header, and compression can grow incompressible data slightly.
 TOPIC_SIZE_SLACK = 16 * 1024
+_DEFAULT_KEYS = ("num.partitions", "default.replication.factor")
+
+
+async def broker_topic_defaults(admin: AIOKafkaAdminClient) -> tuple[int, int]:
+    """The cluster's `num.partitions` and `default.replication.factor`, by DescribeConfigs.
+
+    What a CreateTopics request with -1 for both would apply (KIP-464); aiokafka 0.14 cannot
+    send that: it speaks CreateTopics v0-v3 only (-1 needs v4) and its NewTopic refuses -1
+    without a replica assignment. Read from the controller the metadata names (any broker
+    when none), whose values apply to the topics it creates. Raises KafkaUnavailable.
+    """
+    try:
+        cluster = await admin.describe_cluster()
+        ids = sorted(b["node_id"] for b in cluster["brokers"])
+        broker = cluster.get("controller_id")
+        if broker not in ids:
+            broker = ids[0]
+        wanted = ConfigResource(
+            ConfigResourceType.BROKER, str(broker), dict.fromkeys(_DEFAULT_KEYS)
+        )
+        [response] = await admin.describe_configs([wanted])
+    except (KafkaError, OSError, IndexError, ValueError) as exc:
+        raise KafkaUnavailable(f"cannot read the broker's topic defaults: {exc!r}") from exc
+    values: dict[str, str] = {}
+    for resource in response.to_object()["resources"]:
+        if resource["error_code"]:
+            error = for_code(resource["error_code"]).__name__
+            raise KafkaUnavailable(f"cannot read the broker's topic defaults: {error}")
+        for entry in resource["config_entries"]:
+            values[entry["config_names"]] = entry["config_value"]
+    try:
+        return int(values["num.partitions"]), int(values["default.replication.factor"])
+    except (KeyError, ValueError) as exc:
+        raise KafkaUnavailable(f"broker {broker} did not report {_DEFAULT_KEYS}") from exc
 
 
 class TopicAdmin:
     """Creates topics through one lazily started admin client.
 
     The state topic is created compacted with ``state_topic_partitions`` partitions; every other
-    topic (the DLQ included) gets ``topic_partitions``. A topic that already exists is fine
-    (another process may have made it); its settings are left alone.
+    topic (the DLQ included) gets ``topic_partitions``; every topic ``topic_replication``
+    replicas. Either at 0 (BROKER_DEFAULT) takes the broker's default, read once. A topic that
+    already exists is fine (another process may have made it); its settings are left alone.
     """
 
     def __init__(self, config: KafkaConfig, client_kwargs: dict[str, Any], client_id: str) -> None:
@@ -31,10 +67,19 @@ class TopicAdmin:
         self._kwargs = client_kwargs
         self._client_id = client_id
         self._admin: AIOKafkaAdminClient | None = None
+        self._defaults: tuple[int, int] | None = None
 
     async def create(self, names: list[str]) -> None:
         """Creates `names`; raises KafkaUnavailable (retriable) or IngestorError (not)."""
         admin = await self._ready()
+        c = self._config
+        if self._defaults is None and BROKER_DEFAULT in (c.topic_partitions, c.topic_replication):
+            self._defaults = await broker_topic_defaults(admin)
+            log.info(
+                "sink.broker_topic_defaults",
+                num_partitions=self._defaults[0],
+                replication_factor=self._defaults[1],
+            )
         response = await admin.create_topics([self.new_topic(name) for name in names])
         for entry in response.topic_errors:
             name, code = entry[0], entry[1]
@@ -52,16 +97,23 @@ class TopicAdmin:
             raise IngestorError(detail)
 
     def new_topic(self, name: str) -> NewTopic:
+        """The request for `name`; the broker's defaults must be known when the config asks
+        for them (create() reads them first)."""
         c = self._config
+        partitions, replication = c.topic_partitions, c.topic_replication
+        if BROKER_DEFAULT in (partitions, replication):
+            if self._defaults is None:
+                raise AssertionError("new_topic before the broker's defaults were read")
+            partitions = partitions or self._defaults[0]
+            replication = replication or self._defaults[1]
         configs = {"max.message.bytes": str(c.max_message_bytes + TOPIC_SIZE_SLACK)}
-        partitions = c.topic_partitions
         if name == c.state_topic:
             configs["cleanup.policy"] = "compact"
             partitions = c.state_topic_partitions
         return NewTopic(
             name,
             num_partitions=partitions,
-            replication_factor=c.topic_replication,
+            replication_factor=replication,
             topic_configs=configs,
         )
 
@@ -85,4 +137,4 @@ class TopicAdmin:
         return self._admin
 
 
-__all__ = ["TOPIC_SIZE_SLACK", "TopicAdmin"]
+__all__ = ["TOPIC_SIZE_SLACK", "TopicAdmin", "broker_topic_defaults"]

@@ -69,11 +69,15 @@ class MemoryBroker:
     `latency` is the simulated time each call to the broker takes (each is an await point, so
     a crash can land between a batch's records and its commit). With `keep_values=False` the
     values of non-compacted topics are not kept (headers, keys and offsets are), so a long
-    simulation's memory stays bounded by what its invariant checks read.
+    simulation's memory stays bounded by what its invariant checks read. `num_partitions` is
+    the broker's default partition count, for a config that leaves it to the broker.
     """
 
-    def __init__(self, *, latency: float = 0.0, keep_values: bool = True) -> None:
+    def __init__(
+        self, *, latency: float = 0.0, keep_values: bool = True, num_partitions: int = 6
+    ) -> None:
         self.latency = latency
+        self.num_partitions = num_partitions
         self.keep_values = keep_values
         self.stats = BrokerStats()
         self._topics: dict[str, _Topic] = {}
@@ -432,7 +436,8 @@ class MemoryLog(AsyncResource):
             if name == c.state_topic:
                 self._broker._create_topic(name, c.state_topic_partitions, compacted=True)
             else:
-                self._broker._create_topic(name, c.topic_partitions, compacted=False)
+                partitions = c.topic_partitions or self._broker.num_partitions
+                self._broker._create_topic(name, partitions, compacted=False)
 
     def _partition(self, topic: str, key: bytes | None) -> int:
         parts = list(range(self._broker.partition_count(topic)))

@@ -37,6 +37,7 @@ def make_config(
         "INGESTOR_STRIPE__RATE_LIMIT": "400",
         "INGESTOR_TAIL__POLL_INTERVAL": "0.2",
         "INGESTOR_KAFKA__TOPIC_PARTITIONS": "3",
+        "INGESTOR_KAFKA__TOPIC_REPLICATION": "1",
         "INGESTOR_ALARMS__SHUTDOWN_GRACE_SECONDS": "5",
     }
     for name, value in settings.items():
@@ -193,6 +194,7 @@ async def start(
         INGESTOR_TAIL__SWEEP_INTERVAL_SECONDS="1",
         INGESTOR_TAIL__SWEEP_WINDOW_SECONDS="60",
         INGESTOR_KAFKA__TOPIC_PARTITIONS="3",
+        INGESTOR_KAFKA__TOPIC_REPLICATION="1",
         INGESTOR_ALARMS__SHUTDOWN_GRACE_SECONDS="5",
     )
     env.update({f"INGESTOR_{k.upper()}": v for k, v in settings.items()})

@@ -270,3 +270,43 @@ async def test_cli_check_exits_1_naming_the_failed_checks(
     assert code == 1
     assert any(line.startswith("FAIL  kafka reachable") for line in out.splitlines())
     assert out.splitlines()[-1] == "check failed: kafka reachable"
+
+
+async def test_topic_check_reads_the_broker_default_replication_and_names_it(
+    stripe_stub: str, bootstrap: str, topic_prefix: str
+) -> None:
+    """With kafka.topic_replication = 0 (the default) the probe uses the broker's
+    default.replication.factor; on the one-broker dev cluster that is 1: OK, no warning."""
+    cfg = make_config(stripe_stub, bootstrap, topic_prefix)
+    assert cfg.kafka.topic_replication == config.BROKER_DEFAULT
+    results = by_name(await check.check_kafka(cfg.kafka, probe_seconds=10))
+    assert results["kafka topics"].status == "OK", results["kafka topics"]
+    assert "replication 1" in results["kafka topics"].detail
+
+
+@pytest.mark.parametrize(
+    ("replication", "named"),
+    [
+        ("0", "default.replication.factor = 1 (kafka.topic_replication = 0)"),
+        ("1", "kafka.topic_replication = 1"),
+    ],
+)
+async def test_replication_1_on_a_cluster_of_several_brokers_is_a_warning(
+    stripe_stub: str, bootstrap: str, topic_prefix: str, replication: str, named: str
+) -> None:
+    """Replication factor 1 (set, or the broker's default) where the cluster reports three
+    brokers: WARN naming the setting, and the command still exits 0. The broker count is
+    passed in (the dev cluster has one broker); the probe topic is really created."""
+    cfg = make_config(
+        stripe_stub, bootstrap, topic_prefix, INGESTOR_KAFKA__TOPIC_REPLICATION=replication
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        result = await check._check_topics(cfg.kafka, admin, 3, 10)
+    finally:
+        await admin.close()
+    assert result.status == "WARN"
+    assert named in result.detail
+    assert "3 brokers" in result.detail
+    assert result.line().startswith("WARN  kafka topics")

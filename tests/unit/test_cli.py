@@ -193,7 +193,7 @@ def test_config_show_json_is_typed_and_masked(capsys: pytest.CaptureFixture[str]
     doc = orjson.loads(out)
     assert doc["stripe.api_key"] == {"value": config.MASK, "source": "env STRIPE_API_KEY"}
     assert doc["stripe.accounts"] == {"value": ["acct_1", "acct_2"], "source": "flag"}
-    assert doc["kafka.topic_partitions"]["value"] == 6
+    assert doc["kafka.topic_partitions"]["value"] == 0
 
 
 def test_since_without_backfill_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

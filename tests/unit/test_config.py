@@ -181,3 +181,35 @@ def test_hydrate_share_and_deadline_are_validated(key: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(env={"STRIPE_API_KEY": KEY}, flags={key: value}, defaults_file=None)
     assert info.value.setting == key
+
+
+def test_topic_partitions_and_replication_default_to_the_broker() -> None:
+    """Both default to 0 (the broker's own default), shown as such by `config show`;
+    negative values are bad configuration naming the key."""
+    loaded = config.load(env={"STRIPE_API_KEY": KEY}, defaults_file=None)
+    assert loaded.config.kafka.topic_partitions == config.BROKER_DEFAULT == 0
+    assert loaded.config.kafka.topic_replication == config.BROKER_DEFAULT
+    rows = {key: value for key, value, _ in config.show(loaded)}
+    assert rows["kafka.topic_partitions"] == "0 (broker default)"
+    assert rows["kafka.topic_replication"] == "0 (broker default)"
+    assert (
+        config.load(
+            env={"STRIPE_API_KEY": KEY}, defaults_file=DEFAULT_TOML
+        ).config.kafka.topic_replication
+        == 0
+    )  # default.toml agrees
+    for key in ("TOPIC_PARTITIONS", "TOPIC_REPLICATION"):
+        with pytest.raises(ConfigError, match=f"kafka.{key.lower()}"):
+            config.load(
+                env={"STRIPE_API_KEY": KEY, f"INGESTOR_KAFKA__{key}": "-1"}, defaults_file=None
+            )
+    set_rows = {
+        k: v
+        for k, v, _ in config.show(
+            config.load(
+                env={"STRIPE_API_KEY": KEY, "INGESTOR_KAFKA__TOPIC_REPLICATION": "3"},
+                defaults_file=None,
+            )
+        )
+    }
+    assert set_rows["kafka.topic_replication"] == "3"
