@@ -343,7 +343,9 @@ class Simulator:
         return not self.fault_paths or path.startswith(self.fault_paths)
 
     def truth(self) -> list[dict[str, Any]]:
-        """Every event made visible so far: {id, api, type, object_id, account, created, ...}."""
+        """Every event made visible so far, in order of visibility: {id, api, type, object_id,
+        account, created, created_ms, visible_ms, serial (the tie-break of equal created_ms in
+        Stripe's list order)}."""
         import orjson
 
         rows: list[dict[str, Any]] = orjson.loads(self.truth_bytes())["events"]

@@ -212,7 +212,8 @@ class Views:
         created = b"%d" % (created_ms // 1000) if info.api == "v1" else jstr(rfc3339_ms(created_ms))
         account = ev.streams[ev.stream[serial]].account
         return (
-            b'{"id":"%s","api":"%s","type":%s,"object_id":%s,"account":%s,"created":%s,"created_ms":%d}'
+            b'{"id":"%s","api":"%s","type":%s,"object_id":%s,"account":%s,"created":%s,'
+            b'"created_ms":%d,"visible_ms":%d,"serial":%d}'
             % (
                 self.event_id(serial).encode(),
                 info.api.encode(),
@@ -221,6 +222,8 @@ class Views:
                 jstr(account) if account else b"null",
                 created,
                 created_ms,
+                ev.visible_at[serial],
+                serial,
             )
         )
 
