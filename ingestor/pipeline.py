@@ -135,6 +135,9 @@ class Pipeline:
         self.readiness.mark_restored()
         for p in self.streams:
             self.runtimes[p] = restored.get(p) or StreamState(p, max_message_bytes=limit)
+            # Exported at 0 once the stream is known (labels() leaves a value already set).
+            metrics.CURSOR_EXPIRED.labels(stream=p.key)
+            metrics.STREAM_PARKED.labels(stream=p.key)
         self.readiness.streams = len(self.streams)
         log.info(
             "state restored",

@@ -8,6 +8,7 @@ import dataclasses
 import orjson
 
 from ingestor.health import Readiness
+from ingestor.metrics import REGISTRY
 from ingestor.pipeline import serve
 from ingestor.sim.scenario import load_scenario
 from ingestor.sim.server import SimServer
@@ -92,3 +93,24 @@ async def test_live_tail_catches_late_and_same_second_events_then_stops_cleanly(
     ]
     check_exactly_once(records, truth, topic_prefix)
     assert all(headers(r)["ingest_mode"] == "tail" for r in records)
+
+
+async def test_per_stream_cursor_expired_and_parked_series_are_exported_at_0(
+    bootstrap: str, topic_prefix: str
+) -> None:
+    """Once the streams are known (state restored), ingestor_cursor_expired_total{stream} and
+    ingestor_stream_parked{stream} exist at 0 for each, so increase() alerts see the first."""
+    account = f"acct_1Zero{topic_prefix}"
+    scenario = dataclasses.replace(
+        load_scenario(None), history_events=20, history_bursts=0, accounts=(account,)
+    )
+    keys = [f"{api}:{account}" for api in ("v1", "v2")]
+    for key in keys:
+        assert REGISTRY.get_sample_value("ingestor_cursor_expired_total", {"stream": key}) is None
+    async with SimServer(scenario, seed=11) as sim:
+        loaded = make_config(sim.url, bootstrap, topic_prefix, stripe__accounts="all")
+        assert await serve(loaded, backfill=True, once=True) == 0
+    for key in [*keys, "v1:platform", "v2:platform"]:
+        labels = {"stream": key}
+        assert REGISTRY.get_sample_value("ingestor_cursor_expired_total", labels) == 0.0, key
+        assert REGISTRY.get_sample_value("ingestor_stream_parked", labels) == 0.0, key
