@@ -68,7 +68,7 @@ CHAOS_SEEDS ?= 1000
 CHAOS_JOBS ?= 2
 chaos: install
 	@mkdir -p bench/results
-	set -o pipefail; $(PY) -m tests.simulation.run --seeds $(CHAOS_SEEDS) --hours 0.15 \
+	set -o pipefail; $(PY) -m tests.simulation.run --seeds $(CHAOS_SEEDS) --hours 0.15 --max-rate 20 \
 	  --jobs $(CHAOS_JOBS) | tee bench/results/chaos.txt | tail -n 3
 	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m pytest tests/chaos -m "slow or soak" -s
 
