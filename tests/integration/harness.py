@@ -26,15 +26,14 @@ TEST_KEY = "sk_test_integration_0123456789"
 def make_config(
     sim_url: str, bootstrap: str, prefix: str, **settings: str | float | int | bool
 ) -> config.Loaded:
-    """A config as the service builds it; `settings` are `section__key` overrides."""
+    """A config as the service builds it; `settings` are `section__key` overrides. Stripe's
+    limits are left at their defaults for the test key (the simulator's defaults match)."""
     env = {
         "STRIPE_API_KEY": TEST_KEY,
         "STRIPE_API_BASE": sim_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "INGESTOR_TOPIC_PREFIX": prefix,
         "INGESTOR_HTTP_PORT": "0",
-        # The generic form, so a test's own stripe__rate_limit replaces it.
-        "INGESTOR_STRIPE__RATE_LIMIT": "400",
         "INGESTOR_TAIL__POLL_INTERVAL": "0.2",
         "INGESTOR_KAFKA__TOPIC_PARTITIONS": "3",
         "INGESTOR_KAFKA__TOPIC_REPLICATION": "1",
