@@ -38,8 +38,12 @@ async def test_backfill_under_stripes_default_limits_gets_at_most_one_percent_42
             topic_prefix,
             stripe__accounts="all",
             backfill__slice_seconds=6 * 3600,
+            # Back to Stripe's defaults for a test key (the harness raises them).
+            stripe__rate_limit=0,
+            stripe__endpoint_rate_limit=25,
         )
         assert loaded.config.stripe.effective_rate_limit == 25.0
+        assert loaded.config.stripe.endpoint_rate_limit == 25.0
         assert await serve(loaded, backfill=True, once=True) == 0
         counters = server.sim.counters()
         truth = server.sim.truth()
