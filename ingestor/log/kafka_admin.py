@@ -158,7 +158,12 @@ async def wait_for_leaders(
     if not tps:
         return
     consumer = AIOKafkaConsumer(
-        **client_kwargs, client_id=f"{client_id}-leaders", group_id=None, enable_auto_commit=False
+        **client_kwargs,
+        client_id=f"{client_id}-leaders",
+        group_id=None,
+        enable_auto_commit=False,
+        # Leadership settles within milliseconds; the 100 ms default would be most of the wait.
+        retry_backoff_ms=10,
     )
     try:
         await consumer.start()
