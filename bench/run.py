@@ -209,8 +209,14 @@ def ingestor_env(
 async def spawn_ingestor(
     flags: list[str], env: Mapping[str, str], log: BinaryIO
 ) -> asyncio.subprocess.Process:
-    """`python -m ingestor run FLAGS` with its output in `log`."""
+    """`python -m ingestor run FLAGS` with its output in `log`; under py-spy (a flame graph
+    next to the log) when BENCH_PROFILE is set."""
+    profile: list[str] = []
+    if os.environ.get("BENCH_PROFILE"):
+        svg = Path(log.name).with_suffix(".svg")
+        profile = [str(Path(sys.executable).parent / "py-spy"), "record", "-o", str(svg), "--"]
     return await asyncio.create_subprocess_exec(
+        *profile,
         sys.executable,
         "-m",
         "ingestor",
