@@ -566,6 +566,51 @@ def limits_json(runs: LimitRuns) -> dict[str, Any]:
     }
 
 
+def limits_chart(runs: LimitRuns, path: Path) -> bool:
+    """A PNG of each backfill's events/s against its ceiling and target; False without
+    matplotlib (the `bench` extra)."""
+    try:
+        import matplotlib  # optional, bench-only dependency
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # after choosing the backend
+    except ImportError:
+        return False
+    rows = [
+        (f"v1 backfill, {ENDPOINT_LIMIT:g} req/s per operation", runs.stripe, STRIPE_CEILING, 0.9),
+        (
+            f"{SMALL_EVENTS // 1000}k backfill, {RATE_LIMIT:g} req/s global",
+            runs.small,
+            CEILING,
+            0.8,
+        ),
+    ]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for i, (_, run, ceiling, target) in enumerate(rows):
+        ax.barh(i, ceiling, color="#e8e8e8", label="ceiling" if i == 0 else None)
+        ax.barh(i, run.events_per_s, color="#3b6ea8", label="ingestor" if i == 0 else None)
+        ax.plot(
+            [ceiling * target] * 2,
+            [i - 0.4, i + 0.4],
+            color="#c0392b",
+            lw=2,
+            label="target" if i == 0 else None,
+        )
+        ax.text(
+            run.events_per_s,
+            i,
+            f" {run.events_per_s:,.0f} ({run.events_per_s / ceiling:.2f})",
+            va="center",
+        )
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlabel("events/s (first request to exit, exactly once into Kafka)")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 async def bench(args: argparse.Namespace) -> str:
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:8]
@@ -576,6 +621,8 @@ async def bench(args: argparse.Namespace) -> str:
         (RESULTS / "latest.json").write_bytes(
             orjson.dumps(limits_json(limit_runs), option=orjson.OPT_INDENT_2)
         )
+        if not limits_chart(limit_runs, RESULTS / "limits.png"):
+            print("bench: no matplotlib (pip install -e '.[bench]'): no chart", flush=True)
         if args.only_limits:
             return "\n".join(lines)
         scenario = throughput_scenario(args.events)
