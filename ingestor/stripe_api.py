@@ -1,5 +1,5 @@
-"""Stripe API client: auth, versions, rate budget, retries with backoff, error mapping; the HTTP
-exchange itself goes through a `Transport` (aiohttp by default, in-process in simulation)."""
+"""Stripe API client: auth, versions, Stripe's limiters, retries with backoff, error mapping; the
+HTTP exchange itself goes through a `Transport` (aiohttp by default, in-process in simulation)."""
 
 from __future__ import annotations
 
