@@ -100,9 +100,7 @@ async def test_per_stream_cursor_expired_and_parked_series_are_exported_at_0(
     """Once the streams are known (state restored), ingestor_cursor_expired_total{stream} and
     ingestor_stream_parked{stream} exist at 0 for each, so increase() alerts see the first."""
     account = f"acct_1Zero{topic_prefix}"
-    scenario = dataclasses.replace(
-        load_scenario(None), history_events=20, history_bursts=0, accounts=(account,)
-    )
+    scenario = sim_scenario(history_events=20, history_bursts=0, accounts=(account,))
     keys = [f"{api}:{account}" for api in ("v1", "v2")]
     for key in keys:
         assert REGISTRY.get_sample_value("ingestor_cursor_expired_total", {"stream": key}) is None
