@@ -7,11 +7,17 @@ real broker, exactly once:
 - floor: one sequential cursor (aiohttp paging `/v1/events` with `starting_after`, limit 100,
   writing nothing) against the same simulator: what a naive loop gets out of the latency.
 - ceiling: the rate limit times the page size (100 req/s x 100 events = 10,000 events/s).
+- under Stripe's limits: a v1 backfill with 25 req/s on `GET /v1/events` (and 100 req/s global)
+  against its ceiling of 25 x 100 = 2,500 events/s, with the share of requests answered 429.
+- small backfill: 40,000 events at 100 ms per request, 100 req/s, no endpoint limit, against
+  10,000 events/s: most accounts' backfills are this small, so the ramp-up counts.
+- start: process start (spawn) -> the simulator's first request.
 - ingestor: events committed (counted back with a read_committed consumer, each id exactly
   once) / wall time from the simulator's first request to the process's exit.
 - memory: peak RSS (VmHWM from /proc) of the ingestor backfilling `backfill_1m.toml`.
 
-The results table goes to stdout and to `bench/results/latest.md` (git-ignored).
+The results table goes to stdout and to `bench/results/latest.md`, the figures to
+`bench/results/latest.json` (both git-ignored).
 """
 
 from __future__ import annotations
@@ -48,6 +54,12 @@ CEILING = RATE_LIMIT * PAGE_SIZE
 LATENCY_MS = (50.0, 150.0)
 API_KEY = "sk_test_bench_0123456789"
 LIST_ENDPOINTS = ("GET /v1/events", "GET /v2/core/events")
+# Stripe's documented per-operation limit, and what a v1 list can therefore reach.
+ENDPOINT_LIMIT = 25.0
+STRIPE_CEILING = ENDPOINT_LIMIT * PAGE_SIZE
+STRIPE_LIMITS_EVENTS = 30_000
+SMALL_EVENTS = 40_000
+SMALL_LATENCY_MS = (100.0, 100.0)
 
 
 def _free_port() -> int:
@@ -86,6 +98,11 @@ class Sim:
     async def requests(self) -> int:
         counters: dict[str, dict[str, int]] = await self.get("/_sim/counters")
         return sum(sum(per.values()) for per in counters.values())
+
+    async def limited(self) -> int:
+        """Requests the simulator answered 429 (any limiter)."""
+        counters: dict[str, dict[str, int]] = await self.get("/_sim/counters")
+        return sum(per.get("429", 0) for per in counters.values())
 
 
 async def start_sim(scenario: Scenario, seed: int, session: aiohttp.ClientSession) -> Sim:
@@ -140,10 +157,16 @@ class IngestorRun:
     peak_rss_mb: float
     list_requests: int
     requests: int
+    limited: int = 0
+    startup_seconds: float = 0.0
 
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds
+
+    @property
+    def limited_share(self) -> float:
+        return self.limited / max(1, self.requests)
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -169,6 +192,8 @@ def ingestor_env(
         "STRIPE_API_KEY": API_KEY,
         "STRIPE_API_BASE": sim.url,
         "STRIPE_RATE_LIMIT": str(RATE_LIMIT),
+        # An account whose per-operation limits Stripe raised: the global limit is what binds.
+        "INGESTOR_STRIPE__ENDPOINT_RATE_LIMIT": str(RATE_LIMIT),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "INGESTOR_TOPIC_PREFIX": prefix,
         "INGESTOR_HTTP_PORT": str(http_port),
@@ -184,8 +209,14 @@ def ingestor_env(
 async def spawn_ingestor(
     flags: list[str], env: Mapping[str, str], log: BinaryIO
 ) -> asyncio.subprocess.Process:
-    """`python -m ingestor run FLAGS` with its output in `log`."""
+    """`python -m ingestor run FLAGS` with its output in `log`; under py-spy (a flame graph
+    next to the log) when BENCH_PROFILE is set."""
+    profile: list[str] = []
+    if os.environ.get("BENCH_PROFILE"):
+        svg = Path(log.name).with_suffix(".svg")
+        profile = [str(Path(sys.executable).parent / "py-spy"), "record", "-o", str(svg), "--"]
     return await asyncio.create_subprocess_exec(
+        *profile,
         sys.executable,
         "-m",
         "ingestor",
@@ -201,9 +232,11 @@ async def spawn_ingestor(
 async def run_ingestor(
     sim: Sim, bootstrap: str, prefix: str, log_path: Path, env: Mapping[str, str]
 ) -> IngestorRun:
-    """`ingestor run --backfill --once` as a subprocess; timed from the sim's first request."""
+    """`ingestor run --backfill --once` as a subprocess; timed from the sim's first request,
+    and from its spawn to that request (start-up)."""
     await sim.post("/_sim/counters/reset", {})
     with log_path.open("wb") as log:
+        spawned = time.monotonic()
         proc = await spawn_ingestor(
             ["--backfill", "--once"], ingestor_env(sim, bootstrap, prefix, 0, env), log
         )
@@ -214,7 +247,7 @@ async def run_ingestor(
             if first is None and await sim.requests() > 0:
                 first = time.monotonic()
             peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
-            await asyncio.wait([wait], timeout=0.05 if first is None else 0.5)
+            await asyncio.wait([wait], timeout=0.01 if first is None else 0.5)
         ended = time.monotonic()
     code = wait.result()
     if code != 0:
@@ -229,6 +262,8 @@ async def run_ingestor(
         peak,
         await sim.list_requests(),
         await sim.requests(),
+        await sim.limited(),
+        first - spawned,
     )
 
 
@@ -399,11 +434,197 @@ def throughput_scenario(events: int) -> Scenario:
     )
 
 
+def limits_scenario(
+    events: int, *, endpoint_rate: float, latency_ms: tuple[float, float]
+) -> Scenario:
+    """A v1-only history over the 29 days before now (inside the default 30-day backfill, so
+    every slice has events) on the platform stream, under a 100 req/s global limit (live mode)
+    and `endpoint_rate` per operation (0 = none), with fixed per-request latency."""
+    return dataclasses.replace(
+        load_scenario("bench"),
+        history_events=events,
+        history_span_seconds=29 * 86400.0,
+        history_bursts=2,
+        burst_size=500,
+        live_rate=0.0,
+        v2_share=0.0,
+        rate_limit=RATE_LIMIT,
+        endpoint_rate_limit=endpoint_rate,
+        latency_min_ms=latency_ms[0],
+        latency_max_ms=latency_ms[1],
+    )
+
+
+@dataclass(frozen=True)
+class LimitRuns:
+    stripe: IngestorRun  # 25 req/s on the list, 100 global
+    small: IngestorRun  # 40k events, 100 req/s global, no endpoint limit
+
+
+async def _limits_run(
+    session: aiohttp.ClientSession,
+    args: argparse.Namespace,
+    scenario: Scenario,
+    name: str,
+    env: Mapping[str, str],
+) -> IngestorRun:
+    sim = await start_sim(scenario, 13, session)
+    try:
+        truth = (await sim.get("/_sim/config"))["events"]
+        run = await run_ingestor(
+            sim,
+            args.bootstrap,
+            f"bench{name}{uuid.uuid4().hex[:8]}",
+            RESULTS / f"{name}.log",
+            {"INGESTOR_STRIPE__V2": "false", **env},
+        )
+    finally:
+        stop_sim(sim)
+    if run.events != truth or run.unique != truth:
+        raise RuntimeError(
+            f"{name}: not exactly once: {run.events} records, {run.unique} distinct, {truth}"
+        )
+    return run
+
+
+async def measure_limits(session: aiohttp.ClientSession, args: argparse.Namespace) -> LimitRuns:
+    """The backfill under Stripe's per-operation limit, and the small 40k-event backfill."""
+    print(
+        f"bench: {STRIPE_LIMITS_EVENTS:,}-event backfill under Stripe's limits "
+        f"({ENDPOINT_LIMIT:g} req/s on the list, {RATE_LIMIT:g} global) ...",
+        flush=True,
+    )
+    stripe = await _limits_run(
+        session,
+        args,
+        limits_scenario(
+            STRIPE_LIMITS_EVENTS, endpoint_rate=ENDPOINT_LIMIT, latency_ms=SMALL_LATENCY_MS
+        ),
+        "stripe_limits",
+        # Stripe's documented per-operation default, as a user would run it.
+        {"INGESTOR_STRIPE__ENDPOINT_RATE_LIMIT": str(ENDPOINT_LIMIT)},
+    )
+    print(f"bench: {SMALL_EVENTS:,}-event backfill, no endpoint limit ...", flush=True)
+    small = await _limits_run(
+        session,
+        args,
+        limits_scenario(SMALL_EVENTS, endpoint_rate=0.0, latency_ms=SMALL_LATENCY_MS),
+        "small_backfill",
+        {},
+    )
+    return LimitRuns(stripe, small)
+
+
+def limits_lines(runs: LimitRuns) -> list[str]:
+    s, m = runs.stripe, runs.small
+    return [
+        "| figure | target | measured |",
+        "|---|---|---|",
+        f"| v1 backfill under Stripe's limits ({ENDPOINT_LIMIT:g} req/s on the list), as a "
+        f"fraction of {STRIPE_CEILING:,.0f} events/s | >= 0.9, 429s <= 1% | "
+        f"**{s.events_per_s / STRIPE_CEILING:.2f}** ({s.events_per_s:,.0f} events/s), "
+        f"429s {s.limited_share:.1%} ({s.limited} of {s.requests}) |",
+        f"| {SMALL_EVENTS // 1000}k-event backfill, {SMALL_LATENCY_MS[0]:g} ms, "
+        f"{RATE_LIMIT:g} req/s global, no endpoint limit, fraction of {CEILING:,.0f} events/s "
+        f"| >= 0.8 | **{m.events_per_s / CEILING:.2f}** ({m.events_per_s:,.0f} events/s, "
+        f"{m.list_requests} pages in {m.seconds:.1f} s) |",
+        f"| process start -> first Stripe request | <= 1 s | "
+        f"**{min(s.startup_seconds, m.startup_seconds):.2f} s** "
+        f"({s.startup_seconds:.2f} s and {m.startup_seconds:.2f} s in the two runs) |",
+        "",
+        f"Conditions: v1 events only over 29 days, platform stream, backfill of the default "
+        f"30 days, {SMALL_LATENCY_MS[0]:g} ms per request, "
+        f"simulator enforcing a {RATE_LIMIT:g} req/s global limit (live mode) and, in the first "
+        f"run, {ENDPOINT_LIMIT:g} req/s per operation, with the client at the same limits; "
+        f"{STRIPE_LIMITS_EVENTS:,} and {SMALL_EVENTS:,} events; time from the first request "
+        "to the process's exit, everything committed exactly once into the real broker.",
+    ]
+
+
+def limits_json(runs: LimitRuns) -> dict[str, Any]:
+    s, m = runs.stripe, runs.small
+    return {
+        "stripe_limits": {
+            "events": s.events,
+            "seconds": s.seconds,
+            "events_per_s": s.events_per_s,
+            "ceiling": STRIPE_CEILING,
+            "fraction": s.events_per_s / STRIPE_CEILING,
+            "requests": s.requests,
+            "limited": s.limited,
+            "limited_share": s.limited_share,
+        },
+        "small_backfill": {
+            "events": m.events,
+            "seconds": m.seconds,
+            "events_per_s": m.events_per_s,
+            "ceiling": CEILING,
+            "fraction": m.events_per_s / CEILING,
+            "pages": m.list_requests,
+        },
+        "startup_seconds": min(s.startup_seconds, m.startup_seconds),
+    }
+
+
+def limits_chart(runs: LimitRuns, path: Path) -> bool:
+    """A PNG of each backfill's events/s against its ceiling and target; False without
+    matplotlib (the `bench` extra)."""
+    try:
+        import matplotlib  # optional, bench-only dependency
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # after choosing the backend
+    except ImportError:
+        return False
+    rows = [
+        (f"v1 backfill, {ENDPOINT_LIMIT:g} req/s per operation", runs.stripe, STRIPE_CEILING, 0.9),
+        (
+            f"{SMALL_EVENTS // 1000}k backfill, {RATE_LIMIT:g} req/s global",
+            runs.small,
+            CEILING,
+            0.8,
+        ),
+    ]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for i, (_, run, ceiling, target) in enumerate(rows):
+        ax.barh(i, ceiling, color="#e8e8e8", label="ceiling" if i == 0 else None)
+        ax.barh(i, run.events_per_s, color="#3b6ea8", label="ingestor" if i == 0 else None)
+        ax.plot(
+            [ceiling * target] * 2,
+            [i - 0.4, i + 0.4],
+            color="#c0392b",
+            lw=2,
+            label="target" if i == 0 else None,
+        )
+        ax.text(
+            run.events_per_s,
+            i,
+            f" {run.events_per_s:,.0f} ({run.events_per_s / ceiling:.2f})",
+            va="center",
+        )
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlabel("events/s (first request to exit, exactly once into Kafka)")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 async def bench(args: argparse.Namespace) -> str:
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:8]
     lines: list[str] = []
     async with aiohttp.ClientSession() as session:
+        limit_runs = await measure_limits(session, args)
+        lines += [*limits_lines(limit_runs), ""]
+        (RESULTS / "latest.json").write_bytes(
+            orjson.dumps(limits_json(limit_runs), option=orjson.OPT_INDENT_2)
+        )
+        if not limits_chart(limit_runs, RESULTS / "limits.png"):
+            print("bench: no matplotlib (pip install -e '.[bench]'): no chart", flush=True)
+        if args.only_limits:
+            return "\n".join(lines)
         scenario = throughput_scenario(args.events)
         print(f"bench: simulator with {args.events:,} events of history ...", flush=True)
         sim = await start_sim(scenario, 7, session)
@@ -455,7 +676,7 @@ async def bench(args: argparse.Namespace) -> str:
                     args.bootstrap,
                     f"bench1m{run_id}",
                     RESULTS / "rss_1m.log",
-                    {"STRIPE_RATE_LIMIT": "1000"},
+                    {"STRIPE_RATE_LIMIT": "1000", "INGESTOR_STRIPE__ENDPOINT_RATE_LIMIT": "1000"},
                 )
             finally:
                 stop_sim(sim)
@@ -513,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=350_000, help="throughput run history")
     parser.add_argument("--floor-seconds", type=float, default=10.0)
     parser.add_argument("--skip-rss", action="store_true", help="skip the 1M-event RSS run")
+    parser.add_argument(
+        "--only-limits", action="store_true", help="only the runs under Stripe's limits"
+    )
     parser.add_argument("--tail-rate", type=float, default=3000.0, help="live events/s")
     parser.add_argument("--tail-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)

@@ -137,7 +137,8 @@ class Backfiller(Generic[T]):
     A slice is fetched newest first; after `split_after_pages` full pages it has proven dense:
     the part already read ([oldest second fully read, hi)) is kept, and the rest is cut into
     new slices sized by the observed density, so a busy day fans out over more concurrent
-    cursors instead of crawling through one.
+    cursors instead of crawling through one. A rest expected to hold less than that many
+    pages is read through instead: splitting it would only add partial pages.
     """
 
     def __init__(
@@ -236,6 +237,11 @@ class Backfiller(Generic[T]):
         density = kept / max(1, s.hi_ms - cut)
         expected = density * (cut - s.lo_ms)
         target = self._split_after * self._page_size
+        if expected < target:
+            # Less than another run of pages is left: one cursor reads it in as many requests
+            # as parts would, and every extra part costs a partial page (a request, which is
+            # what a per-endpoint rate limit counts).
+            return False
         parts = max(2, min(32, math.ceil(expected / target)))
         self.plan.split(s, cut, parts)
         self.stats.splits += 1

@@ -52,7 +52,10 @@ class StripeConfig:
     api_base: str = "https://api.stripe.com"
     api_version: str = "2026-10-28.endive"
     rate_limit: float = 0.0
+    endpoint_rate_limit: float = 25.0
     files_rate_limit: float = 20.0
+    concurrency_limit: int = 50
+    endpoint_concurrency_limit: int = 25
     accounts: tuple[str, ...] = ()
     v1: bool = True
     v2: bool = True
@@ -67,11 +70,16 @@ class StripeConfig:
         return self.api_key.reveal().startswith(("sk_live_", "rk_live_"))
 
     @property
+    def sandbox(self) -> bool:
+        """A test-mode (sandbox) key: `sk_test_...` or `rk_test_...`."""
+        return self.api_key.reveal().startswith(("sk_test_", "rk_test_"))
+
+    @property
     def effective_rate_limit(self) -> float:
-        """Stripe allows 100 req/s in live mode and 25 req/s in test mode."""
+        """The global limit: Stripe allows 100 req/s in live mode and 25 in a sandbox."""
         if self.rate_limit > 0:
             return self.rate_limit
-        return 100.0 if self.live else 25.0
+        return 25.0 if self.sandbox else 100.0
 
 
 # kafka.topic_partitions / kafka.topic_replication at this value: the cluster's own default
@@ -414,10 +422,16 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "stripe.api_version", "expected YYYY-MM-DD.<name>, e.g. 2026-10-28.endive"
         )
-    if s.rate_limit < 0 or s.files_rate_limit <= 0:
+    if s.rate_limit < 0:
         raise ConfigError(
             "stripe.rate_limit", "expected a positive number of requests/s (0 = auto)"
         )
+    for key in ("endpoint_rate_limit", "files_rate_limit"):
+        if not getattr(s, key) > 0:
+            raise ConfigError(f"stripe.{key}", "expected a positive number of requests/s")
+    for key in ("concurrency_limit", "endpoint_concurrency_limit"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"stripe.{key}", "expected at least 1 request in flight")
     if not s.v1 and not s.v2:
         raise ConfigError("stripe.v1", "at least one of stripe.v1 and stripe.v2 must be on")
     for acct in s.accounts:

@@ -63,6 +63,7 @@ class StripeError(IngestorError):
         code: str | None = None,
         should_retry: bool | None = None,
         retry_after: float | None = None,
+        limiter: str | None = None,
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.status = status
@@ -70,6 +71,8 @@ class StripeError(IngestorError):
         self.code = code
         self.should_retry = should_retry
         self.retry_after = retry_after
+        # A 429's `Stripe-Rate-Limited-Reason`: which of Stripe's limiters refused it.
+        self.limiter = limiter
 
 
 class StripeConnectionError(StripeError):
@@ -85,7 +88,15 @@ class StripeServerError(StripeError):
 
 
 class StripeRateLimited(StripeError):
-    """HTTP 429: over the rate budget; back off and slow the shared budget down."""
+    """HTTP 429: over a rate or concurrency limit; back off and slow down the limiter that
+    `limiter` (Stripe-Rate-Limited-Reason) names."""
+
+    retriable = True
+
+
+class StripeLockTimeout(StripeError):
+    """HTTP 429 with code `lock_timeout`: another request held the object's lock. A conflict,
+    not a rate limit: retried with backoff, no limiter slows down."""
 
     retriable = True
 

@@ -13,6 +13,7 @@ from ingestor.clock import wall_ms
 from ingestor.config import HydrateConfig
 from ingestor.errors import ClosedError, IngestorError, StripeNotFound
 from ingestor.events import Event, Hydration
+from ingestor.limits import Priority
 from ingestor.metrics import HYDRATION_REQUESTS
 from ingestor.retry import Failure, RetryPolicy
 from ingestor.stripe_api import StripeClient
@@ -107,14 +108,21 @@ class Hydrator:
 
         The share is a sub-budget acquired before the shared one (`extra_budgets`), so a burst
         of thin events can use at most that fraction of the rate and the rest is left to the
-        polls. Each fetch is one request (`max_retries=0`): the hydrator retries, once.
+        polls. Each fetch is one request (`max_retries=0`): the hydrator retries, once. Fetches
+        wait at hydration priority: after tail polls, before sweeps and backfill.
         """
         share = client.budget.share(config.budget_share)
 
         async def fetch(url: str, account: str | None) -> dict[str, Any]:
             api: Literal["v1", "v2"] = "v2" if "/v2/" in url else "v1"
             body: dict[str, Any] = await client.request_json(
-                "GET", url, account=account, api=api, extra_budgets=(share,), max_retries=0
+                "GET",
+                url,
+                account=account,
+                api=api,
+                extra_budgets=(share,),
+                priority=Priority.HYDRATE,
+                max_retries=0,
             )
             return body
 

@@ -12,6 +12,7 @@ import structlog
 from ingestor import metrics
 from ingestor.errors import MalformedResponse
 from ingestor.events import V1_LIST, Api, Event, Stream, ms_to_rfc3339
+from ingestor.limits import Priority
 from ingestor.ratelimit import RateBudget
 from ingestor.stripe_api import StripeClient
 
@@ -169,6 +170,7 @@ async def v1_pages(
     limit: int = 100,
     starting_after: str | None = None,
     extra_budgets: Sequence[RateBudget] = (),
+    priority: int = Priority.TAIL,
 ) -> AsyncIterator[Page]:
     """Walks `GET /v1/events` newest -> oldest with `starting_after` until `has_more` is false.
 
@@ -176,6 +178,7 @@ async def v1_pages(
     `types[]` (Stripe refuses both together). Events outside [created_gte, created_lt) are
     dropped from the pages and counted as anomalies; the walk also ends at a page that ends
     before created_gte, and at a cursor it already followed (that page is a repeat, dropped).
+    Every request waits under `extra_budgets` and Stripe's limiters at `priority`.
     """
     base: list[tuple[str, str]] = [("limit", str(limit))]
     if created_gte is not None:
@@ -206,6 +209,7 @@ async def v1_pages(
             account=account,
             api="v1",
             extra_budgets=extra_budgets,
+            priority=priority,
             parse_raw=parse,
         )
         page = response.body
@@ -228,6 +232,7 @@ async def v2_pages(
     types: Sequence[str] = (),
     limit: int = 100,
     extra_budgets: Sequence[RateBudget] = (),
+    priority: int = Priority.TAIL,
 ) -> AsyncIterator[Page]:
     """Walks `GET /v2/core/events`, following `next_page_url` until it is null.
 
@@ -263,6 +268,7 @@ async def v2_pages(
             account=account,
             api="v2",
             extra_budgets=extra_budgets,
+            priority=priority,
             parse=parse,
         )
         page = response.body

@@ -24,6 +24,7 @@ from ingestor.errors import (
 from ingestor.events import Event, Hydration, Stream
 from ingestor.health import GapAlarm, HealthServer, Readiness
 from ingestor.hydrate import Hydrator
+from ingestor.limits import Priority
 from ingestor.log import TransactionalLog
 from ingestor.pages import v1_pages, v2_pages
 from ingestor.plan import lost_window, plan_backfill, retention_edge, retention_floor
@@ -369,7 +370,7 @@ class Pipeline:
 
         return Tail(
             rt,
-            lambda lo, hi, extra: self._read_window(p, lo, hi, extra),
+            lambda lo, hi, extra, priority: self._read_window(p, lo, hi, extra, priority),
             accept,
             self.cfg.tail,
             sweep_budget=self.sweep_budget,
@@ -380,7 +381,12 @@ class Pipeline:
         )
 
     async def _read_window(
-        self, p: Stream, lo_ms: int, hi_ms: int | None, extra: Sequence[RateBudget]
+        self,
+        p: Stream,
+        lo_ms: int,
+        hi_ms: int | None,
+        extra: Sequence[RateBudget],
+        priority: Priority,
     ) -> AsyncIterator[list[Event]]:
         types = self.cfg.stripe.types
         if p.api == "v1":
@@ -391,6 +397,7 @@ class Pipeline:
                 created_lt=None if hi_ms is None else -(-hi_ms // 1000),
                 types=types,
                 extra_budgets=extra,
+                priority=priority,
             )
         else:
             pages = v2_pages(
@@ -400,6 +407,7 @@ class Pipeline:
                 created_lt_ms=hi_ms,
                 types=types,
                 extra_budgets=extra,
+                priority=priority,
             )
         async for page in pages:
             yield page.events
@@ -507,7 +515,8 @@ class Pipeline:
             # One slice's ids: a server that repeats an event on two pages of one walk must
             # not get it published twice (the backfill keeps no seen window).
             walked: set[str] = set()
-            async for page in self._read_window(p, lo, hi, ()):
+            priority = Priority.BACKFILL if mode == "backfill" else Priority.TAIL
+            async for page in self._read_window(p, lo, hi, (), priority):
                 self.readiness.mark_poll_ok()
                 events = [e for e in page if e.id not in walked]
                 walked.update(e.id for e in events)

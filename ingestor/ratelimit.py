@@ -1,8 +1,10 @@
-"""Async token buckets: the process-wide Stripe request budget and its sub-budgets."""
+"""Async token buckets with priority-ordered waiters and AIMD adaptation to 429s."""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from collections.abc import Awaitable, Callable
 
 from ingestor.clock import monotonic
@@ -17,11 +19,59 @@ DECREASE_INTERVAL = 1.0
 EPSILON = 1e-9
 
 
+class PriorityLock:
+    """A lock handed on to the waiter with the lowest (priority, arrival) when released.
+
+    Lower numbers are served first (see `ingestor.limits.Priority`); equal priorities are
+    first come, first served. A waiter cancelled while queued is skipped.
+    """
+
+    __slots__ = ("_heap", "_held")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
+
+    async def acquire(self, priority: int, seq: int) -> None:
+        if not self._held and not self._pending():
+            self._held = True
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, (priority, seq, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed over just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._heap:
+            _, _, fut = heapq.heappop(self._heap)
+            if not fut.done():
+                fut.set_result(None)  # still held: ownership moves to that waiter
+                return
+        self._held = False
+
+    def outranked(self, priority: int, seq: int) -> bool:
+        """Whether a waiter queued ahead of (priority, seq) is waiting for this lock."""
+        return self._pending() and self._heap[0][:2] < (priority, seq)
+
+    def _pending(self) -> bool:
+        heap = self._heap
+        while heap and heap[0][2].done():
+            heapq.heappop(heap)
+        return bool(heap)
+
+
 class RateBudget:
     """A token bucket shared by every request that acquires it, with AIMD adaptation to 429s.
 
-    Waiters are served strictly first come, first served: `asyncio.Lock` hands itself to
-    the oldest waiter, and the holder sleeps exactly until its tokens exist, so nobody polls.
+    Waiters are served by priority, then first come, first served: a `PriorityLock` goes to
+    the best waiter, and the holder sleeps exactly until its tokens exist, so nobody polls.
+    A holder that wakes to find a better waiter queued hands the lock (and the token it
+    waited for) over and queues again with its original place, so a tail poll arriving
+    behind a queue of backfill requests gets the very next token.
     `on_rate_limited` halves the rate (at most once per second, never below `min_rate`);
     `on_success` adds back a small step until the configured rate is reached again.
     """
@@ -51,7 +101,8 @@ class RateBudget:
         self._tokens = self._burst
         self._stamp = clock()
         self._last_decrease: float | None = None
-        self._lock = asyncio.Lock()
+        self._lock = PriorityLock()
+        self._arrivals = itertools.count()
         self._publish()
 
     @property
@@ -67,11 +118,21 @@ class RateBudget:
     def burst(self) -> float:
         return self._burst
 
+    @property
+    def clock(self) -> Clock:
+        """The time source this bucket refills by (other buckets beside it share it)."""
+        return self._clock
+
+    @property
+    def sleep(self) -> Sleep:
+        return self._sleep
+
     def share(self, fraction: float) -> RateBudget:
         """A sub-budget capping one class of traffic (e.g. sweeps) at `fraction` of this rate.
 
         Callers acquire it in addition to this budget (see `StripeClient.request`'s
         `extra_budgets`), so the class can never use more than its share of the whole.
+        A share is a fixed cap: 429s adapt the limiter Stripe named, never a share.
         """
         if not 0 < fraction <= 1:
             raise ValueError(f"share must be in (0, 1], got {fraction!r}")
@@ -83,19 +144,27 @@ class RateBudget:
             report=False,
         )
 
-    async def acquire(self, cost: float = 1.0) -> None:
-        """Waits (FIFO) until `cost` tokens are available and takes them."""
+    async def acquire(self, cost: float = 1.0, *, priority: int = 0) -> None:
+        """Waits until `cost` tokens are available and takes them; among waiters the lowest
+        `priority`, then the earliest, is served first."""
         if cost <= 0:
             return
-        async with self._lock:
-            # A cost above the burst could never be met in full; it is taken as debt instead.
-            need = min(cost, self._burst)
-            while True:
-                self._refill()
-                if self._tokens + EPSILON >= need:
-                    self._tokens -= cost
-                    return
-                await self._sleep((need - self._tokens) / self._rate)
+        seq = next(self._arrivals)
+        # A cost above the burst could never be met in full; it is taken as debt instead.
+        need = min(cost, self._burst)
+        while True:
+            await self._lock.acquire(priority, seq)
+            try:
+                while True:
+                    if self._lock.outranked(priority, seq):
+                        break  # released below: the better waiter takes the next token
+                    self._refill()
+                    if self._tokens + EPSILON >= need:
+                        self._tokens -= cost
+                        return
+                    await self._sleep((need - self._tokens) / self._rate)
+            finally:
+                self._lock.release()
 
     def on_rate_limited(self) -> None:
         """Stripe said 429: halve the rate (once per window) and drop any saved-up burst."""
@@ -130,4 +199,4 @@ class RateBudget:
         return f"RateBudget(rate={self._rate:g}, configured={self._configured:g})"
 
 
-__all__ = ["RateBudget"]
+__all__ = ["PriorityLock", "RateBudget"]

@@ -18,6 +18,7 @@ from ingestor.errors import (
     MalformedResponse,
     StripeConnectionError,
     StripeError,
+    StripeLockTimeout,
     StripeRateLimited,
 )
 
@@ -67,7 +68,7 @@ def retry_reason(exc: BaseException) -> str:
         return "malformed"
     if not isinstance(exc, StripeError):
         return "other"
-    if exc.status == 409:
+    if exc.status == 409 or isinstance(exc, StripeLockTimeout):
         return "conflict"
     if exc.status is not None and exc.status >= 500:
         return "server_error"

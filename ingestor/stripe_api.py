@@ -1,5 +1,5 @@
-"""Stripe API client: auth, versions, rate budget, retries with backoff, error mapping; the HTTP
-exchange itself goes through a `Transport` (aiohttp by default, in-process in simulation)."""
+"""Stripe API client: auth, versions, Stripe's limiters, retries with backoff, error mapping; the
+HTTP exchange itself goes through a `Transport` (aiohttp by default, in-process in simulation)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,14 @@ from ingestor.errors import (
     StripeConnectionError,
     StripeError,
     StripeInvalidRequest,
+    StripeLockTimeout,
     StripeNotFound,
     StripeRateLimited,
     StripeServerError,
     TransportError,
     TransportTruncated,
 )
+from ingestor.limits import Limits, Priority
 from ingestor.metrics import API_REQUESTS, RATE_LIMITED
 from ingestor.ratelimit import RateBudget, Sleep
 from ingestor.resource import AsyncResource
@@ -46,7 +48,6 @@ Api = Literal["v1", "v2"]
 USER_AGENT = f"ingestor/{__version__} (stripe-kafka events ingestor)"
 # A response that stops sending for this long is dead even if the total timeout is far off.
 DEFAULT_STALL_SECONDS = 10.0
-FILES_PREFIX = "/v1/files"
 MAX_MESSAGE = 300
 
 # A path segment is an id if it looks like Stripe's `prefix_...` with a digit, or is long.
@@ -97,13 +98,16 @@ class StripeClient(AsyncResource):
     """One client of Stripe (over one transport), shared by every stream of the process.
 
     `request` is the one door: it builds the URL (never leaving `api_base`'s origin),
-    sets auth/version/account headers, spends the rate budget(s), and retries retriable
+    sets auth/version/account headers, waits its turn under Stripe's limiters (`limits`:
+    global, per operation, Files, concurrency; by priority), and retries retriable
     failures under `ingestor.retry` (full-jitter exponential backoff, `Stripe-Should-Retry`
     obeyed, `Retry-After` as a floor). A 2xx body goes through `parse` inside each attempt,
     so a garbage 200 is retried like a truncated body.
 
     `transport` carries each exchange; without one the client makes (and closes) its own
     `AiohttpTransport`. A transport passed in belongs to the caller, who closes it.
+    `limits` defaults to the config's (`Limits.from_config`); `budget`, when given, is the
+    global rate bucket inside them.
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class StripeClient(AsyncResource):
         *,
         transport: Transport | None = None,
         budget: RateBudget | None = None,
+        limits: Limits | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         stall_timeout: float | None = None,
@@ -126,8 +131,7 @@ class StripeClient(AsyncResource):
         self._config = config
         self._base = config.api_base.rstrip("/")
         self._origin = (base.scheme, base.hostname, base.port or _default_port(base.scheme))
-        self._budget = budget if budget is not None else RateBudget(config.effective_rate_limit)
-        self._files_budget = RateBudget(config.files_rate_limit, report=False)
+        self._limits = limits if limits is not None else Limits.from_config(config, budget=budget)
         self._policy = RetryPolicy(
             "stripe request",
             attempts=config.max_retries + 1,
@@ -152,12 +156,12 @@ class StripeClient(AsyncResource):
 
     @property
     def budget(self) -> RateBudget:
-        return self._budget
+        """The global rate bucket (sub-budgets for a class of traffic are its `share`s)."""
+        return self._limits.global_budget
 
     @property
-    def files_budget(self) -> RateBudget:
-        """The extra budget for `/v1/files*` (Stripe allows fewer reads/s there)."""
-        return self._files_budget
+    def limits(self) -> Limits:
+        return self._limits
 
     @property
     def closed(self) -> bool:
@@ -197,6 +201,7 @@ class StripeClient(AsyncResource):
         account: str | None = None,
         api: Api = "v1",
         extra_budgets: Sequence[RateBudget] = (),
+        priority: int = Priority.TAIL,
         max_retries: int | None = None,
         data: Mapping[str, str] | None = None,
     ) -> Any:
@@ -208,6 +213,7 @@ class StripeClient(AsyncResource):
             account=account,
             api=api,
             extra_budgets=extra_budgets,
+            priority=priority,
             max_retries=max_retries,
             data=data,
             parse=_identity,
@@ -225,6 +231,7 @@ class StripeClient(AsyncResource):
         account: str | None = None,
         api: Api = "v1",
         extra_budgets: Sequence[RateBudget] = (),
+        priority: int = Priority.TAIL,
         max_retries: int | None = None,
         data: Mapping[str, str] | None = None,
     ) -> Response[T]:
@@ -234,29 +241,29 @@ class StripeClient(AsyncResource):
         absolute URL under `api_base` (a `related_object.url`); any other origin is refused.
         `parse` turns the JSON object into T and raises MalformedResponse to get a retry;
         `parse_raw`, when given, gets the body's bytes instead (a faster decoder of its own).
-        `extra_budgets` are acquired before the shared budget (a sweep's share cap).
+        `extra_budgets` are caps acquired before Stripe's limiters (a sweep's share);
+        `priority` (`ingestor.limits.Priority`) orders this request among those waiting.
         """
         self._check_open()
         url, path = self._url(path_or_url, params)
         endpoint = endpoint_template(path)
         headers = self._headers(method, account, api)
-        budgets = [*extra_budgets]
-        if path.startswith(FILES_PREFIX):
-            budgets.append(self._files_budget)
-        budgets.append(self._budget)  # the shared one last: never hold its token while queued
+        limits = self._limits
+        op = limits.operation(method, endpoint)
         policy = self._policy
         if max_retries is not None:
             policy = policy.with_attempts(max(0, max_retries) + 1)
         bound = log.bind(endpoint=endpoint, method=method, account=account)
 
         async def attempt() -> Response[T]:
-            for budget in budgets:
-                await budget.acquire()
-            if self._closed:
-                # Closed while backing off or queued for a token: stop instead of a RuntimeError.
-                raise ClosedError("StripeClient is closed")
             try:
-                status, request_id, raw = await self._attempt(method, url, headers, data, endpoint)
+                async with limits.admit(op, priority, extra_budgets):
+                    if self._closed:
+                        # Closed while backing off or queued: stop instead of a RuntimeError.
+                        raise ClosedError("StripeClient is closed")
+                    status, request_id, raw = await self._attempt(
+                        method, url, headers, data, endpoint
+                    )
                 try:
                     if parse_raw is not None:
                         result = parse_raw(raw)
@@ -269,21 +276,21 @@ class StripeClient(AsyncResource):
                     ) from exc
             except _Failure as failure:
                 raise failure.error from failure.__cause__
-            for budget in budgets:
-                budget.on_success()
+            limits.on_success(op)
             return Response(result, request_id, status)
 
         def failed(failure: Failure) -> None:
             error = failure.cause
             if not isinstance(error, StripeError):
                 return  # closed, or a bug in `parse`: final, and the caller's to report
+            limiter = None
             if isinstance(error, StripeRateLimited):
                 RATE_LIMITED.inc()
-                for budget in budgets:
-                    budget.on_rate_limited()
+                limiter = limits.on_rate_limited(op, error.limiter)
             bound.warning(
                 "stripe request failed",
                 status=error.status,
+                limiter=limiter,
                 request_id=error.request_id,
                 attempt=failure.attempt,
                 error=type(error).__name__,
@@ -338,7 +345,14 @@ class StripeClient(AsyncResource):
         retry_after = _retry_after(resp_headers.get("Retry-After"))
         header = None if should_retry is None else should_retry.strip().lower() == "true"
         raise _Failure(
-            self._error(status, raw, request_id, should_retry=header, retry_after=retry_after)
+            self._error(
+                status,
+                raw,
+                request_id,
+                should_retry=header,
+                retry_after=retry_after,
+                limiter=resp_headers.get("Stripe-Rate-Limited-Reason"),
+            )
         )
 
     def _decode(self, raw: bytes) -> dict[str, Any]:
@@ -362,9 +376,11 @@ class StripeClient(AsyncResource):
         *,
         should_retry: bool | None = None,
         retry_after: float | None = None,
+        limiter: str | None = None,
     ) -> StripeError:
         """Maps a non-2xx answer to the error family, quoting Stripe's type/code/message;
-        the error carries the `Stripe-Should-Retry` and `Retry-After` hints for its callers."""
+        the error carries the `Stripe-Should-Retry` and `Retry-After` hints for its callers,
+        and a 429 the limiter that refused it (`Stripe-Rate-Limited-Reason`)."""
         err: dict[str, Any] = {}
         try:
             body = orjson.loads(raw)
@@ -386,7 +402,9 @@ class StripeClient(AsyncResource):
             text += f" (param {param})"
         text = text[:MAX_MESSAGE]
         cls: type[StripeError]
-        if status == 429:
+        if status == 429 and code == "lock_timeout":
+            cls = StripeLockTimeout  # a lock conflict: retried, but no limiter slows down
+        elif status == 429:
             cls = StripeRateLimited
         elif status == 409 or status >= 500:
             cls = StripeServerError
@@ -406,6 +424,7 @@ class StripeClient(AsyncResource):
             code=code,
             should_retry=should_retry,
             retry_after=retry_after,
+            limiter=limiter if status == 429 else None,
         )
 
     def _scrub(self, text: str) -> str:

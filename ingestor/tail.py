@@ -11,14 +11,16 @@ import structlog
 from ingestor import clock, metrics, retry
 from ingestor.config import TailConfig
 from ingestor.events import Event
+from ingestor.limits import Priority
 from ingestor.ratelimit import RateBudget
 from ingestor.stream import StreamState
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-ReadWindow = Callable[[int, int | None, Sequence[RateBudget]], AsyncIterator[list[Event]]]
-"""read(lo_ms, hi_ms or None, extra budgets) yields pages (newest first) of events in the window."""
+ReadWindow = Callable[[int, int | None, Sequence[RateBudget], Priority], AsyncIterator[list[Event]]]
+"""read(lo_ms, hi_ms or None, extra budgets, priority) yields pages (newest first) of events in
+the window."""
 
 Accept = Callable[[list[Event], int | None], Awaitable[int]]
 """accept(events read, newest first; newest created seen) queues the new ones; returns how many."""
@@ -97,7 +99,7 @@ class Tail:
         started = self._clock_ms()
         lo = max(self._rt.poll_lo(self._overlap_ms), self._floor_ms())
         with self._rt.reading(lo):
-            events, newest, pages = await self._collect(lo, None, ())
+            events, newest, pages = await self._collect(lo, None, (), Priority.TAIL)
             new = await self._accept(events, newest)
         self._rt.set_read_through(started)
         self._busy = pages >= self._busy_pages
@@ -120,7 +122,7 @@ class Tail:
             # Page by page: at high rates the window is large, and what a sweep finds is late
             # events, which are already out of order; nothing is gained by holding the window.
             with self._rt.reading(lo):
-                async for page in self._read(lo, hi, extra):
+                async for page in self._read(lo, hi, extra, Priority.SWEEP):
                     new += await self._accept(page, None)
         self.sweeps += 1
         if new:
@@ -134,11 +136,11 @@ class Tail:
         await self._accept([], None)
 
     async def _collect(
-        self, lo: int, hi: int | None, extra: Sequence[RateBudget]
+        self, lo: int, hi: int | None, extra: Sequence[RateBudget], priority: Priority
     ) -> tuple[list[Event], int | None, int]:
         events: list[Event] = []
         pages = 0
-        async for page in self._read(lo, hi, extra):
+        async for page in self._read(lo, hi, extra, priority):
             events.extend(page)
             pages += 1
         newest = max((e.created_ms for e in events), default=None)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
@@ -69,8 +71,9 @@ class TopicAdmin:
         self._admin: AIOKafkaAdminClient | None = None
         self._defaults: tuple[int, int] | None = None
 
-    async def create(self, names: list[str]) -> None:
-        """Creates `names`; raises KafkaUnavailable (retriable) or IngestorError (not)."""
+    async def create(self, names: list[str]) -> list[str]:
+        """Creates `names`; returns those this call created (not those that already existed).
+        Raises KafkaUnavailable (retriable) or IngestorError (not)."""
         admin = await self._ready()
         c = self._config
         if self._defaults is None and BROKER_DEFAULT in (c.topic_partitions, c.topic_replication):
@@ -81,11 +84,13 @@ class TopicAdmin:
                 replication_factor=self._defaults[1],
             )
         response = await admin.create_topics([self.new_topic(name) for name in names])
+        created: list[str] = []
         for entry in response.topic_errors:
             name, code = entry[0], entry[1]
             message = entry[2] if len(entry) > 2 else None
             if code == 0:
                 log.info("sink.topic_created", topic=name)
+                created.append(name)
                 continue
             error = for_code(code)
             if error is TopicAlreadyExistsError:
@@ -95,6 +100,7 @@ class TopicAdmin:
                 raise KafkaUnavailable(detail)
             # Bad name, replication above the broker count, policy: retrying cannot help.
             raise IngestorError(detail)
+        return created
 
     def new_topic(self, name: str) -> NewTopic:
         """The request for `name`; the broker's defaults must be known when the config asks
@@ -137,4 +143,33 @@ class TopicAdmin:
         return self._admin
 
 
-__all__ = ["TOPIC_SIZE_SLACK", "TopicAdmin", "broker_topic_defaults"]
+async def wait_for_leaders(
+    client_kwargs: dict[str, Any], client_id: str, partitions: Mapping[str, Set[int]]
+) -> None:
+    """Returns once the leader of every partition of `partitions` (topic -> ids) serves it.
+
+    Right after CreateTopics the metadata already names each partition's leader while that
+    broker is still taking the leadership on: a produce then fails with NotLeaderForPartition
+    and aiokafka logs a warning per retry. A ListOffsets is answered by the same leader check,
+    and aiokafka's consumer retries it quietly until it succeeds, so the first produce finds
+    every leader ready. The caller bounds the wait.
+    """
+    tps = [TopicPartition(t, p) for t, ids in partitions.items() for p in sorted(ids)]
+    if not tps:
+        return
+    consumer = AIOKafkaConsumer(
+        **client_kwargs,
+        client_id=f"{client_id}-leaders",
+        group_id=None,
+        enable_auto_commit=False,
+        # Leadership settles within milliseconds; the 100 ms default would be most of the wait.
+        retry_backoff_ms=10,
+    )
+    try:
+        await consumer.start()
+        await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+
+
+__all__ = ["TOPIC_SIZE_SLACK", "TopicAdmin", "broker_topic_defaults", "wait_for_leaders"]

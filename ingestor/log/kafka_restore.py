@@ -30,18 +30,24 @@ async def read_state(
         enable_auto_commit=False,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
+        # Its first offsets request waits for the topic's metadata; the 100 ms default
+        # backoff would be most of a fresh start's restore.
+        retry_backoff_ms=20,
     )
     state: dict[bytes, bytes] = {}
     try:
         async with asyncio.timeout(round_seconds):
             await consumer.start()
             tps = [TopicPartition(topic, p) for p in partitions]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
             # With read_committed this is the last stable offset: everything before it is
-            # decided (committed or aborted).
+            # decided (committed or aborted). Asked before `assign`: once partitions are
+            # assigned, the consumer long-polls them (fetch_max_wait_ms, 500 ms) on the same
+            # connection, and the broker answers this request only after that fetch.
             end: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if end[tp] > 0}
+            pending = {tp for tp in tps if end[tp] > 0}
+            if pending:
+                consumer.assign(sorted(pending))
+                await consumer.seek_to_beginning(*pending)
         while pending:
             async with asyncio.timeout(round_seconds):
                 batches = await consumer.getmany(*pending, timeout_ms=1000)

@@ -18,7 +18,7 @@ from ingestor.config import KafkaConfig
 from ingestor.errors import ClosedError, Fenced, IngestorError, KafkaUnavailable
 from ingestor.events import Record
 from ingestor.log import BatchResult
-from ingestor.log.kafka_admin import TOPIC_SIZE_SLACK, TopicAdmin
+from ingestor.log.kafka_admin import TOPIC_SIZE_SLACK, TopicAdmin, wait_for_leaders
 from ingestor.log.kafka_common import FENCED, caused_by, kafka_client_kwargs, kafka_ssl_context
 from ingestor.log.kafka_private import check_aiokafka_version, fail_pending
 from ingestor.log.kafka_restore import read_state
@@ -146,12 +146,19 @@ class KafkaLog(AsyncResource):
                 return
             try:
                 async with asyncio.timeout(self._timeout):
-                    await self._admin.create(missing)
+                    created = await self._admin.create(missing)
                     producer = await self._producer_ready()
+                    partitions = {}
                     for name in missing:
                         # Metadata propagates asynchronously after CreateTopics; sending before
                         # the producer knows the topic would stall the batch instead.
-                        await producer.partitions_for(name)
+                        partitions[name] = await producer.partitions_for(name)
+                    # ... and a new topic's leaders take a moment longer to serve it.
+                    await wait_for_leaders(
+                        self._client_kwargs(),
+                        self._client_id,
+                        {name: partitions[name] for name in created},
+                    )
             except BaseException as exc:
                 self._healthy = False
                 await self._admin.reset()

@@ -48,7 +48,8 @@ async def add_events(request: web.Request) -> web.Response:
 
 
 async def set_config(request: web.Request) -> web.Response:
-    """`{faults?: {...}, rate_limit?, latency_ms?: [min, max], late_share?,
+    """`{faults?: {...}, rate_limit?, endpoint_rate_limit?, concurrency_limit?,
+    endpoint_concurrency_limit?, latency_ms?: [min, max], late_share?,
     lag_seconds?: [min, max], live_rate?, fault_paths?: [prefix, ...], advance_clock_seconds?}`;
     returns the new settings. `fault_paths` limits faults to API paths with those prefixes."""
     body = await _body(request)
@@ -59,6 +60,9 @@ async def set_config(request: web.Request) -> web.Response:
         sim.set_faults(
             Faults(**faults) if isinstance(faults, dict) else None,
             rate_limit=body.pop("rate_limit", None),
+            endpoint_rate_limit=body.pop("endpoint_rate_limit", None),
+            concurrency_limit=body.pop("concurrency_limit", None),
+            endpoint_concurrency_limit=body.pop("endpoint_concurrency_limit", None),
             latency_ms=body.pop("latency_ms", None),
             late_share=body.pop("late_share", None),
             lag_seconds=body.pop("lag_seconds", None),
@@ -81,6 +85,9 @@ def settings(request: web.Request) -> dict[str, Any]:
         "faults": {k: getattr(f, k) for k in f.__dataclass_fields__},
         "fault_paths": list(sim.fault_paths),
         "rate_limit": sim.rate_limit,
+        "endpoint_rate_limit": sim.endpoint_rate_limit,
+        "concurrency_limit": sim.concurrency_limit,
+        "endpoint_concurrency_limit": sim.endpoint_concurrency_limit,
         "latency_ms": list(sim.latency_ms),
         "late_share": sim.late_share,
         "lag_seconds": list(sim.lag_seconds),

@@ -1,4 +1,4 @@
-"""The API edge: request ids, auth, rate limit, latency, injected faults and request counters."""
+"""The API edge: request ids, auth, Stripe's limiters, latency, injected faults and counters."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler
 
 from ingestor.sim.faults import choose_fault
 from ingestor.sim.ids import token
-from ingestor.sim.keys import LIMITER, SIM
+from ingestor.sim.keys import LIMITERS, SIM
 from ingestor.sim.problems import ApiError
 
 _request_numbers = itertools.count(int.from_bytes(os.urandom(4), "big"))
@@ -89,18 +89,29 @@ async def stripe_edge(request: web.Request, handler: Handler) -> web.StreamRespo
     v2 = request.path.startswith("/v2/")
     endpoint = _endpoint(request)
     fault = None
+    limiters = request.app[LIMITERS]
+    admitted = False
     try:
         sim.tick()
         check_auth(request)
-        if not request.app[LIMITER].allow(sim.rate_limit):
+        reason = await limiters.admit(
+            endpoint,
+            rate=sim.rate_limit,
+            endpoint_rate=sim.endpoint_rate_limit,
+            concurrency=sim.concurrency_limit,
+            endpoint_concurrency=sim.endpoint_concurrency_limit,
+        )
+        if reason is not None:
+            what = "concurrent requests" if reason.endswith("concurrency") else "Request rate"
             raise ApiError(
                 429,
-                "Request rate limit exceeded. Learn more about rate limits here "
+                f"{what} limit exceeded. Learn more about rate limits here "
                 "https://stripe.com/docs/rate-limits.",
                 type="rate_limit" if v2 else "invalid_request_error",
                 code="rate_limit",
-                headers={"Stripe-Rate-Limited-Reason": "global-rate"},
+                headers={"Stripe-Rate-Limited-Reason": reason},
             )
+        admitted = True
         lo, hi = sim.latency_ms
         if hi > 0:
             await asyncio.sleep(sim.fault_rng.uniform(lo, hi) / 1000.0)
@@ -143,6 +154,9 @@ async def stripe_edge(request: web.Request, handler: Handler) -> web.StreamRespo
         # aiohttp's own 404/405 for unknown paths, answered in Stripe's shape.
         err = ApiError(exc.status, f"Unrecognized request URL ({request.method}: {request.path}).")
         resp = web.Response(status=exc.status, body=err.body(rid), content_type="application/json")
+    finally:
+        if admitted:
+            limiters.release(endpoint)
     resp.headers["Request-Id"] = rid
     if fault == "truncate" and isinstance(resp, web.Response):
         sim.count(endpoint, "truncated")

@@ -1,10 +1,11 @@
-"""Fault and rate-limit decisions: which failure (if any) a request gets, and the token bucket."""
+"""Fault and limit decisions: which failure (if any) a request gets, and Stripe's limiters."""
 
 from __future__ import annotations
 
 import random
 
-from ingestor.clock import monotonic
+from aiolimiter import AsyncLimiter
+
 from ingestor.sim.scenario import Faults
 
 FAULT_NAMES = ("error_500", "error_503_html", "conflict_409", "reset", "truncate", "stall")
@@ -23,25 +24,61 @@ def choose_fault(faults: Faults, rng: random.Random) -> str | None:
     return None
 
 
-class RateLimiter:
-    """A token bucket holding one second's worth of requests (Stripe's limits are per second)."""
+class Limiters:
+    """Stripe's limiters as the simulator enforces them, per operation (`GET /v1/events`):
+    a global and a per-operation rate, each a leaky bucket holding one second's worth of
+    requests (aiolimiter's), and global and per-operation caps on requests in flight.
+
+    `admit` answers None (go ahead) or the `Stripe-Rate-Limited-Reason` to refuse with; a
+    refused request takes nothing from any limiter. An admitted one holds its concurrency
+    slots until `release`. A limit <= 0 is no limit.
+    """
 
     def __init__(self) -> None:
-        self._clock = monotonic
-        self._tokens = 0.0
-        self._last = self._clock()
-        self._rate = 0.0
+        self._rates: dict[str, tuple[float, AsyncLimiter]] = {}
+        self._in_flight: dict[str, int] = {}
+        self._total = 0
 
-    def allow(self, rate: float) -> bool:
-        """False when over `rate` requests/s; rate <= 0 means unlimited."""
-        if rate <= 0:
-            return True
-        now = self._clock()
-        if rate != self._rate:
-            self._rate, self._tokens = rate, max(rate, 1.0)
-        self._tokens = min(max(rate, 1.0), self._tokens + (now - self._last) * rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+    def _bucket(self, key: str, rate: float) -> AsyncLimiter:
+        held = self._rates.get(key)
+        if held is None or held[0] != rate:
+            # A changed limit starts a fresh, full bucket, as a new limit at Stripe would.
+            held = (rate, AsyncLimiter(max(rate, 1.0), 1.0))
+            self._rates[key] = held
+        return held[1]
+
+    async def admit(
+        self,
+        operation: str,
+        *,
+        rate: float,
+        endpoint_rate: float,
+        concurrency: int,
+        endpoint_concurrency: int,
+    ) -> str | None:
+        if concurrency > 0 and self._total >= concurrency:
+            return "global-concurrency"
+        if endpoint_concurrency > 0 and self._in_flight.get(operation, 0) >= endpoint_concurrency:
+            return "endpoint-concurrency"
+        glob = self._bucket("", rate) if rate > 0 else None
+        endpoint = self._bucket(operation, endpoint_rate) if endpoint_rate > 0 else None
+        if glob is not None and not glob.has_capacity():
+            return "global-rate"
+        if endpoint is not None and not endpoint.has_capacity():
+            return "endpoint-rate"
+        # Both have capacity, so neither acquire waits.
+        if glob is not None:
+            await glob.acquire()
+        if endpoint is not None:
+            await endpoint.acquire()
+        self._total += 1
+        self._in_flight[operation] = self._in_flight.get(operation, 0) + 1
+        return None
+
+    def release(self, operation: str) -> None:
+        self._total -= 1
+        self._in_flight[operation] -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self._total

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ingestor.sim.faults import RateLimiter
+from ingestor.sim.faults import Limiters
 from ingestor.sim.simulator import Simulator
 
 SIM = web.AppKey("sim", Simulator)
-LIMITER = web.AppKey("limiter", RateLimiter)
+LIMITERS = web.AppKey("limiters", Limiters)

@@ -63,6 +63,9 @@ class Scenario:
     lag_max_seconds: float = 60.0
     retention_days: float = 30.0
     rate_limit: float = 0.0
+    endpoint_rate_limit: float = 0.0
+    concurrency_limit: int = 0
+    endpoint_concurrency_limit: int = 0
     latency_min_ms: float = 0.0
     latency_max_ms: float = 0.0
     faults: Faults = field(default_factory=Faults)
@@ -83,8 +86,10 @@ class Scenario:
             problems.append("need 0 <= lag_min_seconds <= lag_max_seconds")
         if self.latency_min_ms < 0 or self.latency_max_ms < self.latency_min_ms:
             problems.append("need 0 <= latency_min_ms <= latency_max_ms")
-        if self.live_rate < 0 or self.rate_limit < 0:
-            problems.append("live_rate and rate_limit must be >= 0")
+        if self.live_rate < 0 or self.rate_limit < 0 or self.endpoint_rate_limit < 0:
+            problems.append("live_rate, rate_limit and endpoint_rate_limit must be >= 0")
+        if self.concurrency_limit < 0 or self.endpoint_concurrency_limit < 0:
+            problems.append("concurrency_limit and endpoint_concurrency_limit must be >= 0")
         if not self.v1_types or not self.v2_types:
             problems.append("v1_types and v2_types need at least one type each")
         if any(w < 0 for _, w in self.v1_types + self.v2_types):

@@ -11,8 +11,8 @@ from aiohttp import web
 from ingestor.resource import AsyncResource
 from ingestor.sim import api, control
 from ingestor.sim.edge import stripe_edge
-from ingestor.sim.faults import RateLimiter
-from ingestor.sim.keys import LIMITER, SIM
+from ingestor.sim.faults import Limiters
+from ingestor.sim.keys import LIMITERS, SIM
 from ingestor.sim.scenario import Scenario, load_scenario
 from ingestor.sim.simulator import Simulator
 
@@ -20,7 +20,7 @@ from ingestor.sim.simulator import Simulator
 def build_app(sim: Simulator) -> web.Application:
     app = web.Application(middlewares=[stripe_edge], client_max_size=32 * 1024**2)
     app[SIM] = sim
-    app[LIMITER] = RateLimiter()
+    app[LIMITERS] = Limiters()
     api.add_routes(app)
     control.add_routes(app)
     return app

@@ -82,6 +82,9 @@ class Simulator:
         # API path prefixes the injected faults apply to; empty = every API path.
         self.fault_paths: tuple[str, ...] = ()
         self.rate_limit = scenario.rate_limit
+        self.endpoint_rate_limit = scenario.endpoint_rate_limit
+        self.concurrency_limit = scenario.concurrency_limit
+        self.endpoint_concurrency_limit = scenario.endpoint_concurrency_limit
         self.latency_ms = (scenario.latency_min_ms, scenario.latency_max_ms)
         self.late_share = scenario.late_share
         self.lag_seconds = (scenario.lag_min_seconds, scenario.lag_max_seconds)
@@ -304,6 +307,9 @@ class Simulator:
         faults: Faults | None = None,
         *,
         rate_limit: float | None = None,
+        endpoint_rate_limit: float | None = None,
+        concurrency_limit: int | None = None,
+        endpoint_concurrency_limit: int | None = None,
         latency_ms: tuple[float, float] | None = None,
         late_share: float | None = None,
         lag_seconds: tuple[float, float] | None = None,
@@ -311,8 +317,9 @@ class Simulator:
         fault_paths: Sequence[str] | None = None,
         **probabilities: float,
     ) -> None:
-        """Changes faults (a whole Faults, or single probabilities by name), the rate limit,
-        latency, lateness or live rate at runtime. `fault_paths` limits the faults to API paths
+        """Changes faults (a whole Faults, or single probabilities by name), the limits (global
+        and per-operation rates, concurrency caps; 0 = none), latency, lateness or live rate at
+        runtime. `fault_paths` limits the faults to API paths
         starting with one of the given prefixes (e.g. `/v1/customers/`); empty = every path."""
         new = faults or self.faults
         if probabilities:
@@ -326,6 +333,12 @@ class Simulator:
             self.fault_paths = tuple(fault_paths)
         if rate_limit is not None:
             self.rate_limit = float(rate_limit)
+        if endpoint_rate_limit is not None:
+            self.endpoint_rate_limit = float(endpoint_rate_limit)
+        if concurrency_limit is not None:
+            self.concurrency_limit = int(concurrency_limit)
+        if endpoint_concurrency_limit is not None:
+            self.endpoint_concurrency_limit = int(endpoint_concurrency_limit)
         if latency_ms is not None:
             lo, hi = float(latency_ms[0]), float(latency_ms[1])
             if not 0 <= lo <= hi:

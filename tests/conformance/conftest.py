@@ -4,6 +4,7 @@ it; stripe-mock (Stripe's OpenAPI mock server) as a subprocess on free ports."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import subprocess
 import threading
@@ -43,7 +44,12 @@ def running_sim() -> Iterator[RunningSim]:
         stop = asyncio.Event()
         box["stop"], box["loop"] = stop, asyncio.get_running_loop()
         try:
-            async with SimServer(load_scenario(None), seed=7) as server:
+            # No limits: these SDK calls go out back to back with retries off, and what they
+            # check is the shape of answers, not Stripe's limits (tests/unit/test_sim_http.py).
+            scenario = dataclasses.replace(
+                load_scenario(None), rate_limit=0.0, endpoint_rate_limit=0.0
+            )
+            async with SimServer(scenario, seed=7) as server:
                 box["server"] = server
                 ready.set()
                 await stop.wait()

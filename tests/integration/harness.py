@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -17,16 +18,27 @@ import orjson
 from ingestor import config
 from ingestor.metrics import REGISTRY
 from ingestor.route import Router
+from ingestor.sim.scenario import Scenario, load_scenario
 from ingestor.sim.simulator import Simulator
 from tests.integration.kafka_util import ROOT, free_port, read_all
 
 TEST_KEY = "sk_test_integration_0123456789"
+# These tests are about delivery, not Stripe's limits (test_limits.py is): the simulator and the
+# client both run with the limits of an account whose limits Stripe raised.
+RAISED_LIMIT = 400
+
+
+def sim_scenario(**changes: Any) -> Scenario:
+    """The default scenario with raised limits (both rates at RAISED_LIMIT) and `changes`."""
+    limits: dict[str, Any] = {"rate_limit": RAISED_LIMIT, "endpoint_rate_limit": RAISED_LIMIT}
+    return dataclasses.replace(load_scenario(None), **{**limits, **changes})
 
 
 def make_config(
     sim_url: str, bootstrap: str, prefix: str, **settings: str | float | int | bool
 ) -> config.Loaded:
-    """A config as the service builds it; `settings` are `section__key` overrides."""
+    """A config as the service builds it; `settings` are `section__key` overrides. The limits
+    are raised to RAISED_LIMIT, as in `sim_scenario` (a test's own stripe__* replaces them)."""
     env = {
         "STRIPE_API_KEY": TEST_KEY,
         "STRIPE_API_BASE": sim_url,
@@ -34,7 +46,8 @@ def make_config(
         "INGESTOR_TOPIC_PREFIX": prefix,
         "INGESTOR_HTTP_PORT": "0",
         # The generic form, so a test's own stripe__rate_limit replaces it.
-        "INGESTOR_STRIPE__RATE_LIMIT": "400",
+        "INGESTOR_STRIPE__RATE_LIMIT": str(RAISED_LIMIT),
+        "INGESTOR_STRIPE__ENDPOINT_RATE_LIMIT": str(RAISED_LIMIT),
         "INGESTOR_TAIL__POLL_INTERVAL": "0.2",
         "INGESTOR_KAFKA__TOPIC_PARTITIONS": "3",
         "INGESTOR_KAFKA__TOPIC_REPLICATION": "1",
@@ -185,7 +198,8 @@ async def start(
         STRIPE_API_BASE=sim_url,
         STRIPE_ACCOUNTS="all",
         # The generic form, so a test's own stripe__rate_limit replaces it.
-        INGESTOR_STRIPE__RATE_LIMIT="400",
+        INGESTOR_STRIPE__RATE_LIMIT=str(RAISED_LIMIT),
+        INGESTOR_STRIPE__ENDPOINT_RATE_LIMIT=str(RAISED_LIMIT),
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
         INGESTOR_TOPIC_PREFIX=prefix,
         INGESTOR_HTTP_PORT=str(port),

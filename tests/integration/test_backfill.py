@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import os
 import re
@@ -19,7 +18,7 @@ import structlog
 from ingestor import metrics, pipeline, tail
 from ingestor.pipeline import EXIT_DATA_LOST, serve
 from ingestor.plan import RETENTION_MARGIN_MS, RETENTION_MS
-from ingestor.sim.scenario import Scenario, load_scenario
+from ingestor.sim.scenario import Scenario
 from ingestor.sim.server import SimServer
 from ingestor.sim.simulator import Simulator
 from ingestor.state import decode_head, is_head_key
@@ -29,6 +28,7 @@ from tests.integration.harness import (
     headers,
     make_config,
     metric,
+    sim_scenario,
     wait_published,
 )
 from tests.integration.kafka_util import ROOT, read_all
@@ -47,7 +47,7 @@ def bursty(**changes: Any) -> Scenario:
         v2_share=0.2,
         platform_share=0.5,
     )
-    return dataclasses.replace(load_scenario(None), **{**base, **changes})
+    return sim_scenario(**{**base, **changes})
 
 
 def list_requests(sim: Simulator) -> int:
@@ -125,6 +125,7 @@ def _env(url: str, bootstrap: str, prefix: str) -> dict[str, str]:
         "STRIPE_API_KEY": TEST_KEY,
         "STRIPE_API_BASE": url,
         "STRIPE_RATE_LIMIT": "80",
+        "INGESTOR_STRIPE__ENDPOINT_RATE_LIMIT": "80",
         "INGESTOR_STRIPE__V2": "false",
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "INGESTOR_TOPIC_PREFIX": prefix,

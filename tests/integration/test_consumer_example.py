@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import uuid
 from typing import Any
@@ -12,9 +11,8 @@ from aiokafka import AIOKafkaProducer
 
 from examples.consumer import RecentIds, StripeEvent, consume, topic_pattern
 from ingestor.pipeline import serve
-from ingestor.sim.scenario import load_scenario
 from ingestor.sim.server import SimServer
-from tests.integration.harness import make_config, wait_published
+from tests.integration.harness import make_config, sim_scenario, wait_published
 
 
 async def _inject(bootstrap: str, topic: str, original: Any, prefix: str) -> None:
@@ -48,7 +46,7 @@ async def test_example_consumer_sees_every_event_once_in_both_shapes_and_resumes
     the simulator's truth once: v1 values and hydrated v2 envelopes alike; a repeated record is
     skipped by event id, an aborted one never shows; the same group started again resumes at
     its committed offsets and handles nothing twice."""
-    scenario = dataclasses.replace(load_scenario(None), history_events=400, v2_share=0.25)
+    scenario = sim_scenario(history_events=400, v2_share=0.25)
     async with SimServer(scenario, seed=21) as sim:
         loaded = make_config(
             sim.url, bootstrap, topic_prefix, stripe__accounts="all", kafka__firehose=True

@@ -3,14 +3,12 @@ into the real broker: v1 values, v2 envelopes, headers, firehose copies and both
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 
 from ingestor.contracts import validate_record
 from ingestor.pipeline import serve
-from ingestor.sim.scenario import load_scenario
 from ingestor.sim.server import SimServer
-from tests.integration.harness import headers, make_config, wait_published
+from tests.integration.harness import headers, make_config, sim_scenario, wait_published
 
 ACCOUNT = "acct_1ContractCheck"
 
@@ -22,9 +20,7 @@ async def test_every_record_the_pipeline_published_validates_against_the_schemas
     and value against the draft 2020-12 schemas), and every shape of the contract is among
     them: v1 of the platform and of an account, v2 hydrated ok and not_found, firehose
     copies, a dead letter keeping its thin event (hydration_failed) and a too_large summary."""
-    scenario = dataclasses.replace(
-        load_scenario(None), history_events=0, history_bursts=0, accounts=(ACCOUNT,)
-    )
+    scenario = sim_scenario(history_events=0, history_bursts=0, accounts=(ACCOUNT,))
     async with SimServer(scenario, seed=31) as sim:
         s = sim.sim
         ids = s.add_events(3, type="customer.created")

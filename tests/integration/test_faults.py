@@ -6,7 +6,6 @@ Every test checks against the simulator's ground truth with a read_committed con
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 from collections import Counter
@@ -23,7 +22,7 @@ from ingestor.health import Readiness
 from ingestor.metrics import REGISTRY
 from ingestor.pipeline import serve
 from ingestor.route import Router
-from ingestor.sim.scenario import Faults, load_scenario
+from ingestor.sim.scenario import Faults
 from ingestor.sim.server import SimServer
 from tests.integration.harness import (
     TEST_KEY,
@@ -32,6 +31,7 @@ from tests.integration.harness import (
     make_config,
     metric,
     published,
+    sim_scenario,
     until,
     wait_published,
 )
@@ -71,8 +71,7 @@ async def test_backfill_once_under_a_fault_mix_and_429s_publishes_every_event_ex
     v2 with connected accounts: every event exactly once, retries and 429s counted, the key
     never shown."""
     caplog.set_level(logging.INFO)
-    scenario = dataclasses.replace(
-        load_scenario(None),
+    scenario = sim_scenario(
         history_events=1000,
         history_span_seconds=2 * 86400.0,
         burst_size=150,
@@ -130,9 +129,7 @@ async def test_live_tail_under_a_fault_mix_and_429s_publishes_every_event_exactl
     """Events added while the tail runs (v1, v2, connected accounts, late ones, a same-second
     burst) with faults and 429s on: each is published exactly once, in tail mode."""
     caplog.set_level(logging.INFO)
-    scenario = dataclasses.replace(
-        load_scenario(None), history_events=20, rate_limit=SIM_RATE_LIMIT
-    )
+    scenario = sim_scenario(history_events=20, rate_limit=SIM_RATE_LIMIT)
     rate_limited = metric("ingestor_rate_limited_total")
     async with SimServer(scenario, seed=12) as sim:
         loaded = make_config(
@@ -191,9 +188,7 @@ async def test_live_tail_under_a_fault_mix_and_429s_publishes_every_event_exactl
 @pytest.fixture
 async def sim_quiet() -> AsyncIterator[SimServer]:
     """A simulator with no history (tests add exactly the events they need), platform only."""
-    scenario = dataclasses.replace(
-        load_scenario(None), history_events=0, history_bursts=0, accounts=()
-    )
+    scenario = sim_scenario(history_events=0, history_bursts=0, accounts=())
     async with SimServer(scenario, seed=21) as sim:
         yield sim
 
@@ -339,7 +334,7 @@ async def test_kafka_going_away_mid_run_marks_not_ready_then_recovers_exactly_on
     Kafka; events added while it is down are published after it comes back, and every event
     exactly once."""
     boot = private_broker.bootstrap
-    scenario = dataclasses.replace(load_scenario(None), history_events=0, history_bursts=0)
+    scenario = sim_scenario(history_events=0, history_bursts=0)
     async with SimServer(scenario, seed=31) as sim:
         s = sim.sim
         loaded = make_config(

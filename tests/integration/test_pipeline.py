@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import orjson
 
 from ingestor.health import Readiness
 from ingestor.metrics import REGISTRY
 from ingestor.pipeline import serve
-from ingestor.sim.scenario import load_scenario
 from ingestor.sim.server import SimServer
 from tests.integration.harness import (
     check_exactly_once,
     headers,
     make_config,
     published,
+    sim_scenario,
     wait_published,
 )
 
@@ -24,7 +23,7 @@ from tests.integration.harness import (
 async def test_backfill_once_publishes_every_event_exactly_once_with_hydrated_envelopes(
     bootstrap: str, topic_prefix: str
 ) -> None:
-    scenario = dataclasses.replace(load_scenario(None), history_events=1500, burst_size=250)
+    scenario = sim_scenario(history_events=1500, burst_size=250)
     async with SimServer(scenario, seed=3) as sim:
         loaded = make_config(sim.url, bootstrap, topic_prefix, stripe__accounts="all")
         code = await serve(loaded, backfill=True, once=True)
@@ -47,7 +46,7 @@ async def test_backfill_once_publishes_every_event_exactly_once_with_hydrated_en
 async def test_a_restart_after_a_clean_stop_republishes_nothing(
     bootstrap: str, topic_prefix: str
 ) -> None:
-    scenario = dataclasses.replace(load_scenario(None), history_events=300, v2_share=0.2)
+    scenario = sim_scenario(history_events=300, v2_share=0.2)
     async with SimServer(scenario, seed=5) as sim:
         loaded = make_config(sim.url, bootstrap, topic_prefix, stripe__accounts="all")
         assert await serve(loaded, backfill=True, once=True) == 0
@@ -63,7 +62,7 @@ async def test_a_restart_after_a_clean_stop_republishes_nothing(
 async def test_live_tail_catches_late_and_same_second_events_then_stops_cleanly(
     bootstrap: str, topic_prefix: str
 ) -> None:
-    scenario = dataclasses.replace(load_scenario(None), history_events=50, accounts=())
+    scenario = sim_scenario(history_events=50, accounts=())
     async with SimServer(scenario, seed=9) as sim:
         loaded = make_config(
             sim.url,
@@ -101,9 +100,7 @@ async def test_per_stream_cursor_expired_and_parked_series_are_exported_at_0(
     """Once the streams are known (state restored), ingestor_cursor_expired_total{stream} and
     ingestor_stream_parked{stream} exist at 0 for each, so increase() alerts see the first."""
     account = f"acct_1Zero{topic_prefix}"
-    scenario = dataclasses.replace(
-        load_scenario(None), history_events=20, history_bursts=0, accounts=(account,)
-    )
+    scenario = sim_scenario(history_events=20, history_bursts=0, accounts=(account,))
     keys = [f"{api}:{account}" for api in ("v1", "v2")]
     for key in keys:
         assert REGISTRY.get_sample_value("ingestor_cursor_expired_total", {"stream": key}) is None

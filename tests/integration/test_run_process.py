@@ -6,7 +6,6 @@ The simulator runs inside the test on 127.0.0.1; the process talks to it and the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingestor.sim.scenario import load_scenario
 from ingestor.sim.server import SimServer
 from tests.integration.harness import (
     Proc,
@@ -24,6 +22,7 @@ from tests.integration.harness import (
     headers,
     http_get,
     published,
+    sim_scenario,
     start,
     wait_published,
     wait_ready,
@@ -45,8 +44,7 @@ def total(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str, **w
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SimServer]:
-    scenario = dataclasses.replace(
-        load_scenario(None),
+    scenario = sim_scenario(
         history_events=300,
         history_span_seconds=86400.0,
         burst_size=120,

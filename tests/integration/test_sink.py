@@ -407,3 +407,18 @@ async def test_broker_restart_fails_commit_quickly_then_recovers_without_duplica
     seen = ids(await read_all(private_broker.bootstrap, [topic]))
     assert len(seen) == len(set(seen)) == 20
     assert sorted(seen) == sorted(ids(events(topic, "before", 10) + events(topic, "after", 10)))
+
+
+async def test_first_batch_to_new_topics_produces_without_not_leader_retries(
+    sink: Sink, config: KafkaConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch to ten topics that do not exist yet waits for their partition leaders before
+    producing: aiokafka logs no NotLeaderForPartitionError retry, and the batch commits."""
+    topics = [f"{config.topic_prefix}.fresh{i}.created" for i in range(10)]
+    batch = [r for t in topics for r in events(t, t.rsplit(".", 2)[1], 6)]
+    with caplog.at_level("DEBUG", logger="aiokafka"):
+        assert await sink.commit_batch(batch, {b"v1:platform": b"s1"}) == BatchResult(60, 0)
+    retries = [r.getMessage() for r in caplog.records if "NotLeaderForPartition" in r.getMessage()]
+    assert [m for m in retries if "produce" in m.lower()] == []
+    records = await read_all(config.bootstrap_servers, f"{config.topic_prefix}\\.fresh.*")
+    assert len(records) == 60

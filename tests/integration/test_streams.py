@@ -4,13 +4,11 @@ publishes same-second events in Stripe's order (simulator over sockets, the real
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import structlog
 
 from ingestor.health import Readiness
 from ingestor.pipeline import EXIT_FAILURE, serve
-from ingestor.sim.scenario import load_scenario
 from ingestor.sim.server import SimServer
 from tests.integration.harness import (
     check_exactly_once,
@@ -18,6 +16,7 @@ from tests.integration.harness import (
     make_config,
     metric,
     published,
+    sim_scenario,
     until,
     wait_published,
 )
@@ -31,7 +30,7 @@ async def test_a_revoked_account_parks_its_streams_and_the_others_are_ingested(
     """Finding 6: a 403 for one connected account (revoked access) parks that account's
     streams (one error line each, `ingestor_stream_parked`=1) while the platform's events are
     all published; `--once` then exits 1 rather than crash-looping or exiting early."""
-    scenario = dataclasses.replace(load_scenario(None), history_events=400, accounts=())
+    scenario = sim_scenario(history_events=400, accounts=())
     async with SimServer(scenario, seed=41) as server:
         loaded = make_config(
             server.url, bootstrap, topic_prefix, stripe__accounts=f"platform,{REVOKED}"
@@ -53,7 +52,7 @@ async def test_a_parked_stream_shows_in_readyz_and_the_service_keeps_serving(
 ) -> None:
     """Finding 6, long-running: the process stays up and ready, the parked streams are a
     detail of readiness, and live events of the healthy streams keep flowing."""
-    scenario = dataclasses.replace(load_scenario(None), history_events=20, accounts=())
+    scenario = sim_scenario(history_events=20, accounts=())
     async with SimServer(scenario, seed=42) as server:
         loaded = make_config(
             server.url, bootstrap, topic_prefix, stripe__accounts=f"platform,{REVOKED}"
@@ -78,7 +77,7 @@ async def test_the_tail_publishes_same_second_events_of_an_object_in_stripe_orde
 ) -> None:
     """Finding 3: events of one object created in the same second reach its partition in
     the order Stripe created them (its newest-first list, reversed), not reversed."""
-    scenario = dataclasses.replace(load_scenario(None), history_events=30, accounts=())
+    scenario = sim_scenario(history_events=30, accounts=())
     async with SimServer(scenario, seed=43) as server:
         loaded = make_config(server.url, bootstrap, topic_prefix, stripe__v2=False)
         stop = asyncio.Event()

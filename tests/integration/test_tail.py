@@ -4,7 +4,6 @@ and prints what the pipeline published."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import fnmatch
 import os
 import re
@@ -23,9 +22,8 @@ from ingestor.config import KafkaConfig
 from ingestor.errors import KafkaUnavailable
 from ingestor.events import ms_to_rfc3339
 from ingestor.pipeline import serve
-from ingestor.sim.scenario import load_scenario
 from ingestor.sim.server import SimServer
-from tests.integration.harness import make_config, wait_published
+from tests.integration.harness import make_config, sim_scenario, wait_published
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,9 +162,7 @@ async def test_cli_tail_filters_by_type_account_and_since_in_both_formats(
     """On events the pipeline published: piped output is JSON lines, `--format text` one
     readable line per event; `--types` keeps the matching types, `--account` one account's
     (or the platform's) events, `--since` only what was published after that time."""
-    scenario = dataclasses.replace(
-        load_scenario(None), history_events=240, v2_share=0.2, accounts=ACCOUNTS
-    )
+    scenario = sim_scenario(history_events=240, v2_share=0.2, accounts=ACCOUNTS)
     async with SimServer(scenario, seed=13) as sim:
         loaded = make_config(sim.url, bootstrap, topic_prefix, stripe__accounts="all")
         assert await serve(loaded, backfill=True, once=True) == 0

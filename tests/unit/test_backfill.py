@@ -131,3 +131,22 @@ async def test_a_single_dense_second_is_read_through_without_splitting_forever()
     )
     assert len(emitted) == 500
     assert len(calls) < 20
+
+
+async def test_a_slice_with_little_left_is_read_through_instead_of_split() -> None:
+    """A slice whose unread rest holds less than `split_after_pages` pages is not split:
+    every part would end in a partial page, one more request each; a large rest still is."""
+    # Uniform: one slice of 100 s with 5 events/s; 2 full pages (40) read, ~460 left: split.
+    dense = [Item(f"d{i}", (i // 5) * 1000) for i in range(500)]
+    _, _, _, big = await run_backfill(
+        dense, slice_ms=200_000, page_size=20, concurrency=2, buffer=10_000
+    )
+    assert big.stats.splits > 0
+    # 55 events: after 2 full pages only ~15 are left, less than 2 pages: read through.
+    sparse = [Item(f"s{i}", i * 1000) for i in range(55)]
+    _, calls, _, small = await run_backfill(
+        sparse, slice_ms=200_000, page_size=20, concurrency=2, buffer=10_000
+    )
+    assert small.stats.splits == 0
+    assert small.stats.pages == 3  # ceil(55 / 20): no partial page beyond the last one
+    assert len(calls) == 1

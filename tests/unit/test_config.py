@@ -213,3 +213,36 @@ def test_topic_partitions_and_replication_default_to_the_broker() -> None:
         )
     }
     assert set_rows["kafka.topic_replication"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("stripe.rate_limit", "-1"),
+        ("stripe.endpoint_rate_limit", "0"),
+        ("stripe.files_rate_limit", "-5"),
+        ("stripe.concurrency_limit", "0"),
+        ("stripe.endpoint_concurrency_limit", "0"),
+    ],
+)
+def test_every_stripe_limit_is_validated(key: str, value: str) -> None:
+    """A non-positive rate (a negative global one: 0 there means auto) or a concurrency cap
+    below 1 is refused with the key's name, before anything starts."""
+    with pytest.raises(ConfigError) as info:
+        config.load(env={"STRIPE_API_KEY": KEY}, flags={key: value}, defaults_file=None)
+    assert info.value.setting == key
+
+
+@pytest.mark.parametrize(
+    ("key", "rate"),
+    [("sk_test_abc", 25.0), ("rk_test_abc", 25.0), ("sk_live_abc", 100.0), ("rk_live_abc", 100.0)],
+)
+def test_global_limit_defaults_to_stripes_sandbox_or_live_figure(key: str, rate: float) -> None:
+    """Unset, the global limit is 25/s for a sandbox key and 100/s for a live one; the other
+    limits default to Stripe's documented figures; STRIPE_RATE_LIMIT overrides the global."""
+    s = config.load(env={"STRIPE_API_KEY": key}, defaults_file=None).config.stripe
+    assert s.effective_rate_limit == rate
+    assert (s.endpoint_rate_limit, s.files_rate_limit) == (25.0, 20.0)
+    env = {"STRIPE_API_KEY": key, "STRIPE_RATE_LIMIT": "300"}
+    raised = config.load(env=env, defaults_file=None).config.stripe
+    assert raised.effective_rate_limit == 300.0

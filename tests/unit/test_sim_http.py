@@ -121,6 +121,55 @@ async def test_rate_limit_answers_429_with_reason_header(
     assert (await one())[0] == 200
 
 
+async def test_default_scenario_has_a_sandbox_s_limits() -> None:
+    """The shipped scenario enforces what Stripe documents for a sandbox key: 25 requests/s
+    global and 25/s per operation, with concurrency caps."""
+    s = load_scenario(None)
+    assert (s.rate_limit, s.endpoint_rate_limit) == (25.0, 25.0)
+    assert s.concurrency_limit > 0
+    assert s.endpoint_concurrency_limit > 0
+
+
+async def test_endpoint_rate_limit_refuses_one_operation_and_serves_the_others(
+    server: SimServer, http: aiohttp.ClientSession
+) -> None:
+    """Over one operation's own limit the simulator answers 429 with reason endpoint-rate,
+    while another operation is still served: the limits are per operation."""
+    server.sim.set_faults(rate_limit=0, endpoint_rate_limit=3)
+
+    async def status(path: str) -> tuple[int, str | None]:
+        async with http.get(server.url + path) as r:
+            await r.read()
+            return r.status, r.headers.get("Stripe-Rate-Limited-Reason")
+
+    v1 = await asyncio.gather(*(status("/v1/events?limit=1") for _ in range(8)))
+    assert v1.count((200, None)) == 3
+    assert v1.count((429, "endpoint-rate")) == 5
+    assert await status("/v2/core/events?limit=1") == (200, None)
+
+
+async def test_concurrency_limits_answer_429_with_their_reason(
+    server: SimServer, http: aiohttp.ClientSession
+) -> None:
+    """Requests beyond the in-flight cap of an operation, or over all operations, are refused
+    with endpoint-concurrency or global-concurrency; slots free once responses are sent."""
+    server.sim.set_faults(latency_ms=(200.0, 200.0), endpoint_concurrency_limit=2)
+
+    async def status(path: str) -> tuple[int, str | None]:
+        async with http.get(server.url + path) as r:
+            await r.read()
+            return r.status, r.headers.get("Stripe-Rate-Limited-Reason")
+
+    got = await asyncio.gather(*(status("/v1/events?limit=1") for _ in range(5)))
+    assert sorted(got, key=str) == [(200, None)] * 2 + [(429, "endpoint-concurrency")] * 3
+    server.sim.set_faults(endpoint_concurrency_limit=0, concurrency_limit=3)
+    paths = ["/v1/events?limit=1", "/v2/core/events?limit=1"] * 3
+    got = await asyncio.gather(*(status(p) for p in paths))
+    assert got.count((429, "global-concurrency")) == 3
+    server.sim.set_faults(latency_ms=(0.0, 0.0))
+    assert await status("/v1/events?limit=1") == (200, None)
+
+
 async def test_control_surface_adds_events_and_reports_truth_and_counters(
     server: SimServer, http: aiohttp.ClientSession
 ) -> None:

@@ -461,14 +461,18 @@ async def test_closing_during_backoff_stops_the_retry_loop_with_closed_error(
 async def test_files_requests_also_spend_and_slow_the_files_budget(
     stub: StripeStub, client: StripeClient
 ) -> None:
+    """A resource-specific 429 on a Files read slows the Files read limit (20/s), and a 429
+    on another endpoint leaves that limit alone."""
     limited = error(429, "slow down", type="rate_limit_error")
+    limited.headers["Stripe-Rate-Limited-Reason"] = "resource-specific"
+    files = client.limits.files_read
     stub.push(limited, Reply(json={"id": "file_1"}))
     await client.request_json("GET", "/v1/files/file_1XYZ")
-    assert client.files_budget.rate < 20.0
-    rate_after_files = client.files_budget.rate
+    assert files.rate < 20.0
+    rate_after_files = files.rate
     stub.push(limited, OK)
     await client.request_json("GET", "/v1/events")
-    assert client.files_budget.rate == rate_after_files  # other endpoints leave it alone
+    assert files.rate == rate_after_files  # other endpoints leave it alone
 
 
 async def test_raised_error_carries_stripe_should_retry_and_retry_after(

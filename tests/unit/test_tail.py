@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from ingestor.config import TailConfig
 from ingestor.events import Event, Stream
+from ingestor.limits import Priority
 from ingestor.ratelimit import RateBudget
 from ingestor.stream import StreamState
 from ingestor.tail import Tail
@@ -34,7 +35,7 @@ class Fake:
         self.now = NOW
 
     async def read(
-        self, lo: int, hi: int | None, extra: Sequence[RateBudget]
+        self, lo: int, hi: int | None, extra: Sequence[RateBudget], priority: Priority
     ) -> AsyncIterator[list[Event]]:
         self.windows.append((lo, hi, len(extra)))
         for page in self.pages.pop(0) if self.pages else []:
@@ -152,7 +153,7 @@ async def test_while_a_sweep_runs_its_range_survives_pruning() -> None:
     seen_during_sweep: list[int] = []
 
     async def read(
-        lo: int, hi: int | None, extra: Sequence[RateBudget]
+        lo: int, hi: int | None, extra: Sequence[RateBudget], priority: Priority
     ) -> AsyncIterator[list[Event]]:
         # Meanwhile polls advance the watermark by 20 minutes and the pipeline prunes.
         f.rt.advance_watermark(NOW + 1_200_000)
