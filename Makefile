@@ -76,6 +76,7 @@ demo: install
 	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m ingestor.demo
 
 bench: install
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m bench.run
 
 clean: kafka-down
