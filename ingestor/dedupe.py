@@ -195,7 +195,8 @@ class SeenWindow:
     def filter_new(self, events: Iterable[Event]) -> tuple[list[Event], int]:
         """(events not seen before and not repeated earlier in this batch, duplicates count).
 
-        Does not change the window: call `mark` once the events are committed.
+        Does not change the window: `mark` records the events once they are queued for
+        commit (the pipeline does it together with the batch's state snapshot).
         """
         fresh: list[Event] = []
         batch: set[str] = set()
@@ -209,7 +210,9 @@ class SeenWindow:
         return fresh, duplicates
 
     def mark(self, events: Iterable[Event]) -> None:
-        """Remembers events whose Kafka transaction committed."""
+        """Remembers events as published. The pipeline marks them when it queues their batch,
+        before the transaction commits: a failed transaction makes it rebuild every stream's
+        state from the state topic, so an uncommitted mark never outlives its failure."""
         for event in events:
             self.add(event.id, event.created_ms)
 
