@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import random
 import re
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestor.sim.scenario import Faults, load_scenario
+from ingestor.sim.scenario import Faults
 from ingestor.sim.server import SimServer
 from tests.integration.harness import (
     Proc,
@@ -20,6 +19,7 @@ from tests.integration.harness import (
     check_output,
     published,
     settle,
+    sim_scenario,
     start,
     wait_published,
     wait_ready,
@@ -42,8 +42,9 @@ async def test_kill9_at_random_moments_loses_and_duplicates_nothing(
     restarted each time. After live traffic stops, the last run catches up and is stopped with
     SIGTERM: a read_committed consumer sees every ground-truth event exactly once."""
     rng = random.Random(SEED)
-    scenario = dataclasses.replace(
-        load_scenario(None),
+    # The simulator at the same raised limits as the client (`start`): this test is about
+    # kills, not 429s.
+    scenario = sim_scenario(
         history_events=400,
         history_span_seconds=1800.0,
         history_bursts=1,

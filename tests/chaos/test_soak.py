@@ -66,7 +66,9 @@ async def test_a_long_soak_at_default_settings_is_exactly_once_and_in_order(
         latency_max_ms=150.0,
         faults=Faults(error_500=0.005, conflict_409=0.005, reset=0.005, truncate=0.005),
     )
-    settings = {**DEFAULTS, "stripe__rate_limit": "25"}
+    # Stripe's sandbox limits on both sides: the simulator's defaults, the client's for a test
+    # key (`start` raises the client's for the short tests).
+    settings = {**DEFAULTS, "stripe__rate_limit": "25", "stripe__endpoint_rate_limit": "25"}
     args = ("--backfill", "--since", "2h")
     stops = sorted(rng.uniform(0.1, 0.9) * SOAK_SECONDS for _ in range(4))
     async with SimServer(scenario, seed=SEED) as sim:
