@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import functools
 import sys
+from collections.abc import Iterable
 
 import looptime
 
@@ -41,13 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     bad = {"lost": 0, "duplicated": 0, "out_of_order": 0}
     failed: list[int] = []
     run = functools.partial(_run, hours=args.hours, rate=args.rate, max_rate=args.max_rate)
-    # A fresh worker every 20 seeds: a long run must not carry one seed's leftovers (metric
-    # label sets, caches) into the next thousand.
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=args.jobs, max_tasks_per_child=20
-    ) as pool:
-        # One line per seed as it finishes, in seed order.
-        for report in pool.map(run, seeds):
+    # One line per seed as it finishes, in seed order. (No max_tasks_per_child: on 3.11 a pool
+    # that replaces its workers can hang for good once the first one retires.)
+    with contextlib.ExitStack() as stack:
+        if args.jobs > 1:
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(args.jobs))
+            reports: Iterable[Report] = pool.map(run, seeds)
+        else:
+            reports = map(run, seeds)
+        for report in reports:
             seed = report.plan.seed
             print(report.summary() if report.ok else report.failure(), flush=True)
             totals["seeds"] += 1
