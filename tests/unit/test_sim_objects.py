@@ -113,7 +113,7 @@ def test_factories_cover_every_served_kind_with_realistic_sizes() -> None:
 
 def test_the_simulator_reads_nothing_outside_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the working directory somewhere else entirely, the default scenario still builds
-    full objects for every kind (no ../shared folder, no environment variable)."""
+    full objects for every kind (no folder beside the repository, no environment variable)."""
     monkeypatch.chdir("/")
     monkeypatch.delenv("INGESTOR_STRIPE_DATA", raising=False)
     scenario = dataclasses.replace(load_scenario(None), history_events=50, history_bursts=0)
