@@ -181,7 +181,7 @@ class Tail:
                 await asyncio.sleep(self._cfg.poll_interval)
 
     async def _sweep_loop(self, restart_hi: int, began: int, caught_up: asyncio.Event) -> None:
-        loop_time = asyncio.get_running_loop().time
+        loop_time = clock.monotonic
         t0 = loop_time()
         _, started = await _retrying(lambda: self.sweep(restart_hi), "sweep")
         # The next sweep may start above the restart's range only once the catch-up, which
