@@ -17,6 +17,7 @@ Sleep = Callable[[float], Awaitable[None]]
 DECREASE_INTERVAL = 1.0
 # Float rounding can leave a deficit too small for any clock to advance past; count it as paid.
 EPSILON = 1e-9
+MIN_WAIT = 0.001
 
 
 class PriorityLock:
@@ -162,7 +163,10 @@ class RateBudget:
                     if self._tokens + EPSILON >= need:
                         self._tokens -= cost
                         return
-                    await self._sleep((need - self._tokens) / self._rate)
+                    # Never a wait too short to move a clock: a shortfall of a few billionths
+                    # of a token would otherwise sleep 0 s (simulated time advances in whole
+                    # microseconds) and spin here forever.
+                    await self._sleep(max(MIN_WAIT, (need - self._tokens) / self._rate))
             finally:
                 self._lock.release()
 
