@@ -180,3 +180,25 @@ class ContractViolation(IngestorError):
 
 class TailIncomplete(IngestorError):
     """`ingestor tail`: the time limit passed before every partition was read to its end."""
+
+
+# --- webhook deliveries -----------------------------------------------------------------------
+
+
+class WebhookRejected(IngestorError):
+    """A webhook delivery refused before it reached the pipeline. `reason` is a short code for
+    metrics and logs; messages never carry the signing secret, the signature or the body."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+class WebhookSignatureError(WebhookRejected):
+    """The `Stripe-Signature` header is missing, malformed, does not match any secret, or its
+    timestamp is outside the tolerance. Stripe's retry carries the same signature: not
+    retriable."""
+
+
+class WebhookPayloadError(WebhookRejected):
+    """A correctly signed body that is not a Stripe event this receiver understands."""
