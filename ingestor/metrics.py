@@ -154,6 +154,45 @@ READY = Gauge(
     registry=REGISTRY,
 )
 
+# --- webhook receiver -------------------------------------------------------------------------
+
+WEBHOOK_OUTCOMES = ("committed", "duplicate", "ignored", "unavailable", "timeout", "error")
+WEBHOOK_REJECT_REASONS = (
+    "no_header",
+    "malformed_header",
+    "no_signature",
+    "mismatch",
+    "stale_timestamp",
+    "body_not_utf8",
+    "too_large",
+    "read_timeout",
+    "malformed_json",
+    "malformed_event",
+    "unknown_object",
+    "method",
+)
+WEBHOOK_DELIVERIES = Counter(
+    "ingestor_webhook_deliveries",
+    "Verified webhook deliveries handed to the pipeline, by api and outcome (committed, "
+    "duplicate and ignored are answered 200; unavailable, timeout and error 5xx).",
+    ["api", "outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_REJECTS = Counter(
+    "ingestor_webhook_rejects",
+    "Webhook requests refused before the pipeline saw them, by reason (bad or stale "
+    "signature, oversize or slow body, malformed JSON, wrong method).",
+    ["reason"],
+    registry=REGISTRY,
+)
+WEBHOOK_LATENCY = Histogram(
+    "ingestor_webhook_latency_seconds",
+    "Webhook request -> response time (body read, verify, pipeline ack), by HTTP status.",
+    ["status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+
 
 def _start_at_zero() -> None:
     for counter, label, values in (
@@ -162,9 +201,13 @@ def _start_at_zero() -> None:
         (HYDRATION_REQUESTS, "result", HYDRATION_RESULTS),
         (API_RETRIES, "reason", RETRY_REASONS),
         (DUPLICATES_SKIPPED, "source", APIS),
+        (WEBHOOK_REJECTS, "reason", WEBHOOK_REJECT_REASONS),
     ):
         for value in values:
             counter.labels(**{label: value})
+    for api in APIS:
+        for outcome in WEBHOOK_OUTCOMES:
+            WEBHOOK_DELIVERIES.labels(api=api, outcome=outcome)
 
 
 _start_at_zero()

@@ -1,0 +1,287 @@
+"""Webhook receiver: signed Stripe deliveries in, on their own listener, answered after intake."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+import orjson
+import structlog
+from aiohttp import web
+
+from ingestor.clock import Clock, monotonic
+from ingestor.errors import (
+    ClosedError,
+    IngestorError,
+    MalformedResponse,
+    WebhookPayloadError,
+    WebhookRejected,
+    WebhookSignatureError,
+)
+from ingestor.events import Event, rfc3339_to_ms
+from ingestor.metrics import WEBHOOK_DELIVERIES, WEBHOOK_LATENCY, WEBHOOK_REJECTS
+from ingestor.resource import AsyncResource
+from ingestor.signature import SignatureVerifier
+
+log = structlog.get_logger("ingestor.webhook")
+
+SIGNATURE_HEADER = "Stripe-Signature"
+DEFAULT_PATH = "/webhooks/stripe"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One verified delivery: a v1 snapshot event, or a v2 thin-event notification."""
+
+    api: Literal["v1", "v2"]
+    id: str
+    type: str
+    created_ms: int
+    account: str | None  # v1: event["account"]; v2: notification["context"]
+    event: Event | None  # v1: Event.from_v1_raw(body), Stripe's exact bytes; v2: None
+    notification: dict[str, Any] | None  # v2: the parsed thin notification; v1: None
+
+
+class Ack(enum.Enum):
+    """What the intake made of a delivery; decides the HTTP answer Stripe sees."""
+
+    COMMITTED = "committed"  # 200
+    DUPLICATE = "duplicate"  # 200: committed before (by either path)
+    UNAVAILABLE = "unavailable"  # 503, so Stripe retries
+    IGNORED = "ignored"  # 200: a stream this process does not ingest
+
+
+Intake = Callable[[Delivery], Awaitable[Ack]]
+
+_ACK_STATUS = {Ack.COMMITTED: 200, Ack.DUPLICATE: 200, Ack.IGNORED: 200, Ack.UNAVAILABLE: 503}
+
+# Rejections that are not signature failures: (reason, HTTP status).
+TOO_LARGE = "too_large"
+READ_TIMEOUT = "read_timeout"
+MALFORMED_JSON = "malformed_json"
+MALFORMED_EVENT = "malformed_event"
+UNKNOWN_OBJECT = "unknown_object"
+METHOD = "method"
+_REJECT_STATUS = {TOO_LARGE: 413, READ_TIMEOUT: 408, METHOD: 405}
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+class _Kind(msgspec.Struct):
+    """The one field that tells a snapshot event from a thin notification; the rest skipped."""
+
+    object: str | None = None
+
+
+_KIND = msgspec.json.Decoder(_Kind)
+
+
+def parse_delivery(body: bytes) -> Delivery:
+    """A verified body -> Delivery; WebhookPayloadError when it is no event this understands."""
+    try:
+        kind = _KIND.decode(body).object
+    except msgspec.DecodeError:  # ValidationError (not an object, `object` not a string) too
+        raise WebhookPayloadError(MALFORMED_JSON, "body is not a JSON object") from None
+    if kind == "event":
+        try:
+            event = Event.from_v1_raw(body)
+        except MalformedResponse:
+            raise WebhookPayloadError(MALFORMED_EVENT, "not a v1 event") from None
+        return Delivery("v1", event.id, event.type, event.created_ms, event.account, event, None)
+    if kind == "v2.core.event":
+        return _parse_notification(body)
+    raise WebhookPayloadError(UNKNOWN_OBJECT, "neither an event nor a v2.core.event")
+
+
+def _parse_notification(body: bytes) -> Delivery:
+    try:
+        note = orjson.loads(body)
+        event_id, event_type = note["id"], note["type"]
+        context = note.get("context")
+        if not (isinstance(event_id, str) and event_id and isinstance(event_type, str)):
+            raise ValueError("id and type must be non-empty strings")
+        if not event_type or not (context is None or isinstance(context, str)):
+            raise ValueError("bad type or context")
+        created_ms = rfc3339_to_ms(note["created"])
+    except orjson.JSONDecodeError:
+        raise WebhookPayloadError(MALFORMED_JSON, "body is not JSON") from None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise WebhookPayloadError(MALFORMED_EVENT, "not a v2 thin-event notification") from None
+    return Delivery("v2", event_id, event_type, created_ms, context or None, None, note)
+
+
+# --- server -----------------------------------------------------------------------------------
+
+
+class WebhookServer(AsyncResource):
+    """aiohttp listener for `POST <path>`, separate from the ops listener (no /metrics here).
+
+    Order per request: bound the body (413 on a Content-Length over `max_body_bytes` before a
+    byte of it is read, or as soon as a chunked body passes it), read it within
+    `read_timeout_seconds` (408 for a client that drips it), verify the signature over the
+    raw bytes (400), parse (400), then await the intake for at most `ack_timeout_seconds`
+    (503 past it, so Stripe retries) and map its Ack to the status. Nothing reaches the
+    intake before the signature has been verified. Port 0 picks a free port (`.port`).
+    """
+
+    def __init__(
+        self,
+        intake: Intake,
+        *,
+        host: str,
+        port: int,
+        path: str = DEFAULT_PATH,
+        secrets: Sequence[str],
+        tolerance_seconds: float,
+        max_body_bytes: int,
+        read_timeout_seconds: float = 10.0,
+        ack_timeout_seconds: float = 10.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not path.startswith("/"):
+            raise ValueError(f"webhook path must start with '/': {path!r}")
+        if max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be positive")
+        self._intake = intake
+        self._host = host
+        self._requested_port = port
+        self.path = path
+        self._verifier = SignatureVerifier(
+            secrets, tolerance_seconds=tolerance_seconds, clock_=clock
+        )
+        self._max_body = max_body_bytes
+        self._read_timeout = read_timeout_seconds
+        self._ack_timeout = ack_timeout_seconds
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"WebhookServer(path={self.path!r}, verifier={self._verifier!r})"
+
+    @property
+    def port(self) -> int:
+        if self._closed or self._port is None:
+            raise ClosedError("webhook server is not running")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host
+        return f"http://{host}:{self.port}{self.path}"
+
+    async def start(self) -> None:
+        if self._closed:
+            raise ClosedError("webhook server is closed")
+        if self._runner is not None:
+            return
+        app = web.Application(client_max_size=self._max_body)
+        app.router.add_route("*", self.path, self._handle)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            # The signature covers the bytes as sent; inflating a gzip body first would verify
+            # something else and invite decompression bombs.
+            auto_decompress=False,
+            keepalive_timeout=75.0,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._requested_port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        log.info("webhook server listening", host=self._host, port=self._port, path=self.path)
+
+    async def close(self) -> None:
+        self._closed = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # --- one request --------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        started = monotonic()
+        response = await self._answer(request)
+        WEBHOOK_LATENCY.labels(status=str(response.status)).observe(monotonic() - started)
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        try:
+            if request.method != "POST":
+                raise WebhookRejected(METHOD, "only POST is served")
+            body = await self._read_body(request)
+            self._verifier.verify(body, request.headers.get(SIGNATURE_HEADER))
+            delivery = parse_delivery(body)
+        except WebhookRejected as exc:
+            return self._reject(request, exc)
+        with structlog.contextvars.bound_contextvars(event_id=delivery.id):
+            status, outcome = await self._deliver(delivery)
+            WEBHOOK_DELIVERIES.labels(api=delivery.api, outcome=outcome).inc()
+            log.debug("webhook delivery", api=delivery.api, outcome=outcome, status=status)
+        return web.json_response({"received": status == 200, "outcome": outcome}, status=status)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise WebhookRejected(TOO_LARGE, f"Content-Length {length} over {self._max_body}")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                while chunk := await request.content.readany():
+                    size += len(chunk)
+                    if size > self._max_body:
+                        raise WebhookRejected(TOO_LARGE, f"body over {self._max_body} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise WebhookRejected(
+                READ_TIMEOUT, f"body not complete after {self._read_timeout:g}s"
+            ) from None
+        return b"".join(chunks)
+
+    async def _deliver(self, delivery: Delivery) -> tuple[int, str]:
+        try:
+            async with asyncio.timeout(self._ack_timeout):
+                ack = await self._intake(delivery)
+        except TimeoutError:
+            log.warning("webhook intake timed out", timeout_seconds=self._ack_timeout)
+            return 503, "timeout"
+        except IngestorError as exc:
+            log.warning("webhook intake failed", error=type(exc).__name__, retriable=exc.retriable)
+            return (503 if exc.retriable else 500), "error"
+        except Exception as exc:
+            log.exception("webhook intake crashed", error=type(exc).__name__)
+            return 500, "error"
+        return _ACK_STATUS[ack], ack.value
+
+    def _reject(self, request: web.Request, exc: WebhookRejected) -> web.Response:
+        status = _REJECT_STATUS.get(exc.reason, 400)
+        WEBHOOK_REJECTS.labels(reason=exc.reason).inc()
+        log.warning(
+            "webhook delivery rejected",
+            reason=exc.reason,
+            status=status,
+            remote=request.remote,
+            kind="signature" if isinstance(exc, WebhookSignatureError) else "request",
+        )
+        response = web.json_response({"error": exc.reason}, status=status)
+        if status == 405:
+            response.headers["Allow"] = "POST"
+        if status in (408, 413):
+            # Do not linger reading the rest of a body that is too big or too slow.
+            response.force_close()
+        return response
+
+
+__all__ = ["Ack", "Delivery", "Intake", "WebhookServer", "parse_delivery"]
