@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ingestor.sim.keys import SIM
-from ingestor.sim.scenario import Faults
+from ingestor.sim.keys import SIM, WEBHOOKS
+from ingestor.sim.scenario import Faults, destination_from_mapping
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -116,6 +116,28 @@ async def reset_counters(request: web.Request) -> web.Response:
     return _json({})
 
 
+async def webhooks(request: web.Request) -> web.Response:
+    """`{destinations: [{url, kind, attempts, acked, acked_events, failed, retries, gave_up,
+    duplicates, delayed, in_flight, statuses}], pending}`; secrets are never shown."""
+    deliverer = request.app[WEBHOOKS]
+    return _json({"destinations": deliverer.counters(), "pending": deliverer.pending()})
+
+
+async def add_webhook(request: web.Request) -> web.Response:
+    """`{url, secret, kind?, max_attempts?, backoff_initial_seconds?, ...}` (the keys of a
+    scenario's `[[webhooks]]` table) -> `{index}`; the destination gets every event that
+    becomes visible from now on."""
+    body = await _body(request)
+    try:
+        destination = destination_from_mapping(body)
+    except (ValueError, TypeError) as exc:
+        return _json({"error": str(exc)}, 400)
+    deliverer = request.app[WEBHOOKS]
+    index = deliverer.add(destination)
+    await deliverer.start()
+    return _json({"index": index})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/_sim/events", add_events)
@@ -124,3 +146,5 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/_sim/truth", truth)
     r.add_get("/_sim/counters", counters)
     r.add_post("/_sim/counters/reset", reset_counters)
+    r.add_get("/_sim/webhooks", webhooks)
+    r.add_post("/_sim/webhooks", add_webhook)

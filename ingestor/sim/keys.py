@@ -6,6 +6,8 @@ from aiohttp import web
 
 from ingestor.sim.faults import Limiters
 from ingestor.sim.simulator import Simulator
+from ingestor.sim.webhooks import WebhookDeliverer
 
 SIM = web.AppKey("sim", Simulator)
 LIMITERS = web.AppKey("limiters", Limiters)
+WEBHOOKS = web.AppKey("webhooks", WebhookDeliverer)

@@ -36,6 +36,79 @@ class Faults:
 
 
 Weights = tuple[tuple[str, float], ...]
+DESTINATION_KINDS = ("snapshot", "thin")
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A webhook endpoint the simulator pushes events to, as a Stripe event destination does.
+
+    `kind` "snapshot" gets every v1 event as Stripe's v1 event JSON; "thin" gets every v2
+    event as a `v2.core.event` notification. Each delivery is signed with `secret`. A failed
+    attempt (non-2xx, timeout, connection error) is retried after `backoff_initial_seconds`
+    doubling up to `backoff_max_seconds` (with seeded jitter), `max_attempts` in all. Faults,
+    each a seeded probability per event: `duplicate_share` delivers it a second time (within
+    `duplicate_window_seconds`), `reorder_share` holds it for up to `reorder_window_seconds`
+    so later events overtake it, `late_share` delays it by `late_min_seconds` to
+    `late_max_seconds`.
+    """
+
+    url: str
+    secret: str
+    kind: str = "snapshot"
+    max_attempts: int = 8
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 3600.0
+    timeout_seconds: float = 10.0
+    concurrency: int = 16
+    duplicate_share: float = 0.0
+    duplicate_window_seconds: float = 5.0
+    reorder_share: float = 0.0
+    reorder_window_seconds: float = 2.0
+    late_share: float = 0.0
+    late_min_seconds: float = 5.0
+    late_max_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.url.startswith(("http://", "https://")):
+            problems.append("url must be http(s)://...")
+        if not self.secret.strip():
+            problems.append("secret must not be blank")
+        if self.kind not in DESTINATION_KINDS:
+            problems.append(f"kind must be one of {DESTINATION_KINDS}")
+        if self.max_attempts < 1 or self.concurrency < 1:
+            problems.append("max_attempts and concurrency must be >= 1")
+        if not 0 < self.backoff_initial_seconds <= self.backoff_max_seconds:
+            problems.append("need 0 < backoff_initial_seconds <= backoff_max_seconds")
+        if self.timeout_seconds <= 0:
+            problems.append("timeout_seconds must be > 0")
+        for name in ("duplicate_share", "reorder_share", "late_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be within [0, 1]")
+        if self.duplicate_window_seconds < 0 or self.reorder_window_seconds < 0:
+            problems.append("windows must be >= 0")
+        if not 0 <= self.late_min_seconds <= self.late_max_seconds:
+            problems.append("need 0 <= late_min_seconds <= late_max_seconds")
+        if problems:
+            # The secret is never part of the message.
+            raise ValueError(f"webhook destination {self.url!r}: " + "; ".join(problems))
+
+    def __repr__(self) -> str:
+        return f"Destination(url={self.url!r}, kind={self.kind!r}, secret=********)"
+
+
+def destination_from_mapping(data: dict[str, Any]) -> Destination:
+    """A Destination from a TOML/JSON table; unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(Destination)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"webhook destination: unknown keys {unknown}")
+    values = dict(data)
+    for f in dataclasses.fields(Destination):
+        if f.name in values and f.type in ("float", float):
+            values[f.name] = float(values[f.name])
+    return Destination(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +143,7 @@ class Scenario:
     latency_max_ms: float = 0.0
     faults: Faults = field(default_factory=Faults)
     stripe_fixtures: str = ""
+    webhooks: tuple[Destination, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -122,6 +196,11 @@ def from_mapping(data: dict[str, Any], *, name: str = "custom") -> Scenario:
             values[key] = _weights(values[key], key)
     if "accounts" in values:
         values["accounts"] = tuple(values["accounts"])
+    if "webhooks" in values:
+        tables = values["webhooks"]
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise ValueError(f"scenario {name!r}: webhooks must be an array of tables")
+        values["webhooks"] = tuple(destination_from_mapping(t) for t in tables)
     if "faults" in values:
         fault_keys = {f.name for f in dataclasses.fields(Faults)}
         bad = sorted(set(values["faults"]) - fault_keys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -12,18 +13,31 @@ from ingestor.resource import AsyncResource
 from ingestor.sim import api, control
 from ingestor.sim.edge import stripe_edge
 from ingestor.sim.faults import Limiters
-from ingestor.sim.keys import LIMITERS, SIM
+from ingestor.sim.keys import LIMITERS, SIM, WEBHOOKS
 from ingestor.sim.scenario import Scenario, load_scenario
 from ingestor.sim.simulator import Simulator
+from ingestor.sim.webhooks import WebhookDeliverer
 
 
-def build_app(sim: Simulator) -> web.Application:
+def build_app(sim: Simulator, webhooks: WebhookDeliverer | None = None) -> web.Application:
+    """The simulator's app; its webhook deliverer (the scenario's destinations unless given)
+    runs from the app's start-up to its clean-up once it has a destination."""
     app = web.Application(middlewares=[stripe_edge], client_max_size=32 * 1024**2)
     app[SIM] = sim
     app[LIMITERS] = Limiters()
+    app[WEBHOOKS] = WebhookDeliverer(sim, sim.scenario.webhooks) if webhooks is None else webhooks
+    app.cleanup_ctx.append(_run_webhooks)
     api.add_routes(app)
     control.add_routes(app)
     return app
+
+
+async def _run_webhooks(app: web.Application) -> AsyncIterator[None]:
+    deliverer = app[WEBHOOKS]
+    if deliverer.destinations:
+        await deliverer.start()
+    yield
+    await deliverer.close()
 
 
 class SimServer(AsyncResource):
@@ -81,6 +95,8 @@ async def serve(host: str, port: int, scenario: Scenario, seed: int) -> None:
             f"{len(sim.events)} events)",
             flush=True,
         )
+        for destination in scenario.webhooks:
+            print(f"  pushing {destination.kind} events to {destination.url}", flush=True)
         await stop.wait()
 
 
