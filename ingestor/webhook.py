@@ -57,6 +57,16 @@ class Ack(enum.Enum):
 
 Intake = Callable[[Delivery], Awaitable[Ack]]
 
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the receiver answered: HTTP status, and the outcome or the reject reason."""
+
+    status: int
+    outcome: str
+    rejected: bool
+
+
 _ACK_STATUS = {Ack.COMMITTED: 200, Ack.DUPLICATE: 200, Ack.IGNORED: 200, Ack.UNAVAILABLE: 503}
 
 # Rejections that are not signature failures: (reason, HTTP status).
@@ -221,15 +231,38 @@ class WebhookServer(AsyncResource):
             if request.method != "POST":
                 raise WebhookRejected(METHOD, "only POST is served")
             body = await self._read_body(request)
-            self._verifier.verify(body, request.headers.get(SIGNATURE_HEADER))
+        except WebhookRejected as exc:
+            return self._reject(exc, request.remote)
+        answer = await self.receive(
+            body, request.headers.get(SIGNATURE_HEADER), remote=request.remote
+        )
+        if answer.rejected:
+            return self._response({"error": answer.outcome}, answer.status)
+        return self._response(
+            {"received": answer.status == 200, "outcome": answer.outcome}, answer.status
+        )
+
+    async def receive(
+        self, body: bytes, signature: str | None, *, remote: str | None = None
+    ) -> Answer:
+        """One delivery whose body was read: verify, parse, hand to the intake; the answer
+        holds the HTTP status and the outcome (an Ack value, `timeout`, `error`) or, when
+        rejected, the reason.
+
+        The socket-free seam: a simulation's deliverer can call it directly (no server
+        started) and sees exactly what an HTTP client would, metrics and logs included.
+        """
+        try:
+            self._verifier.verify(body, signature)
             delivery = parse_delivery(body)
         except WebhookRejected as exc:
-            return self._reject(request, exc)
+            response = self._reject(exc, remote)
+            return Answer(response.status, exc.reason, rejected=True)
         with structlog.contextvars.bound_contextvars(event_id=delivery.id):
             status, outcome = await self._deliver(delivery)
             WEBHOOK_DELIVERIES.labels(api=delivery.api, outcome=outcome).inc()
             log.debug("webhook delivery", api=delivery.api, outcome=outcome, status=status)
-        return web.json_response({"received": status == 200, "outcome": outcome}, status=status)
+        return Answer(status, outcome, rejected=False)
 
     async def _read_body(self, request: web.Request) -> bytes:
         length = request.content_length
@@ -265,17 +298,21 @@ class WebhookServer(AsyncResource):
             return 500, "error"
         return _ACK_STATUS[ack], ack.value
 
-    def _reject(self, request: web.Request, exc: WebhookRejected) -> web.Response:
+    def _reject(self, exc: WebhookRejected, remote: str | None) -> web.Response:
         status = _REJECT_STATUS.get(exc.reason, 400)
         WEBHOOK_REJECTS.labels(reason=exc.reason).inc()
         log.warning(
             "webhook delivery rejected",
             reason=exc.reason,
             status=status,
-            remote=request.remote,
+            remote=remote,
             kind="signature" if isinstance(exc, WebhookSignatureError) else "request",
         )
-        response = web.json_response({"error": exc.reason}, status=status)
+        return self._response({"error": exc.reason}, status)
+
+    @staticmethod
+    def _response(body: dict[str, Any], status: int) -> web.Response:
+        response = web.json_response(body, status=status)
         if status == 405:
             response.headers["Allow"] = "POST"
         if status in (408, 413):
@@ -284,4 +321,4 @@ class WebhookServer(AsyncResource):
         return response
 
 
-__all__ = ["Ack", "Delivery", "Intake", "WebhookServer", "parse_delivery"]
+__all__ = ["Ack", "Answer", "Delivery", "Intake", "WebhookServer", "parse_delivery"]

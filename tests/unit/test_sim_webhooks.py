@@ -313,3 +313,45 @@ async def test_sim_server_pushes_to_a_url_given_in_the_scenario() -> None:
             async with asyncio.timeout(20):
                 await two.wait()
     assert sorted(received) == sorted(ids)
+
+
+@pytest.mark.looptime
+async def test_deliverer_drives_the_receiver_in_process_under_simulated_time() -> None:
+    """With the deliverer's send seam calling WebhookServer.receive (no sockets, no server
+    started), signatures made and checked on the simulated clock verify, and events pushed
+    while the intake is unavailable (503) all land once it recovers 20 simulated s later."""
+    with clock.use(LoopClock(START * 1000)):
+        committed: set[str] = set()
+        recover_at = clock.monotonic() + 20.0
+
+        async def intake(delivery: Delivery) -> Ack:
+            if clock.monotonic() < recover_at:
+                return Ack.UNAVAILABLE
+            committed.add(delivery.id)
+            return Ack.COMMITTED
+
+        receiver = WebhookServer(
+            intake,
+            host="127.0.0.1",
+            port=0,
+            secrets=[SECRET],
+            tolerance_seconds=300,
+            max_body_bytes=1 << 20,
+        )
+
+        async def send(dest: Destination, body: bytes, headers: Mapping[str, str]) -> int:
+            answer = await receiver.receive(body, headers["Stripe-Signature"])
+            assert not answer.rejected, answer
+            return answer.status
+
+        sim = Simulator(scenario(), seed=31)
+        dest = destination(backoff_initial_seconds=1.0, backoff_max_seconds=8.0, max_attempts=10)
+        async with WebhookDeliverer(sim, (dest,), send=send, poll_interval_seconds=0.1) as d:
+            ids = sim.add_events(5, api="v1")
+            async with asyncio.timeout(600):
+                await d.idle()
+    assert committed == set(ids)
+    stats = d.stats[0]
+    assert stats.statuses["503"] >= 5
+    assert stats.statuses["200"] == 5
+    assert stats.gave_up == 0
