@@ -133,7 +133,8 @@ class WebhookServer(AsyncResource):
 
     Order per request: bound the body (413 on a Content-Length over `max_body_bytes` before a
     byte of it is read, or as soon as a chunked body passes it), read it within
-    `read_timeout_seconds` (408 for a client that drips it), verify the signature over the
+    `read_timeout_seconds` (408 for a client that drips it; headers that are not complete
+    within it get the connection closed), verify the signature over the
     raw bytes (400), parse (400), then await the intake for at most `ack_timeout_seconds`
     (503 past it, so Stripe retries) and map its Ack to the status. Nothing reaches the
     intake before the signature has been verified. Port 0 picks a free port (`.port`).
@@ -199,7 +200,10 @@ class WebhookServer(AsyncResource):
             # The signature covers the bytes as sent; inflating a gzip body first would verify
             # something else and invite decompression bombs.
             auto_decompress=False,
-            keepalive_timeout=75.0,
+            # aiohttp closes a connection whose request headers are not complete within the
+            # keep-alive timeout (dribbled bytes do not extend it): this bounds slow headers
+            # as `read_timeout_seconds` bounds slow bodies. Idle keep-alive gets as long.
+            keepalive_timeout=self._read_timeout,
         )
         await runner.setup()
         try:

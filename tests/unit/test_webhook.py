@@ -287,6 +287,34 @@ async def test_slow_client_times_out_with_408(server: WebhookServer, intake: Fak
     assert intake.deliveries == []
 
 
+async def test_slow_headers_get_the_connection_closed(
+    server: WebhookServer, intake: FakeIntake
+) -> None:
+    """A client dribbling its request headers a byte every 50 ms (slowloris) has its
+    connection closed about the read timeout after connecting, and nothing reaches the intake."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    started = time.monotonic()
+    head = b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+    closed_after = None
+    try:
+        for byte in head:
+            if reader.at_eof():
+                closed_after = time.monotonic() - started
+                break
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+    except ConnectionError:
+        closed_after = time.monotonic() - started
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert closed_after is not None
+    assert READ_TIMEOUT <= closed_after < READ_TIMEOUT + 4
+    assert intake.deliveries == []
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
