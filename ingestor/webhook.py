@@ -236,7 +236,7 @@ class WebhookServer(AsyncResource):
                 raise WebhookRejected(METHOD, "only POST is served")
             body = await self._read_body(request)
         except WebhookRejected as exc:
-            return self._reject(exc, request.remote)
+            return self._response({"error": exc.reason}, self._reject(exc, request.remote))
         answer = await self.receive(
             body, request.headers.get(SIGNATURE_HEADER), remote=request.remote
         )
@@ -256,12 +256,13 @@ class WebhookServer(AsyncResource):
         The socket-free seam: a simulation's deliverer can call it directly (no server
         started) and sees exactly what an HTTP client would, metrics and logs included.
         """
+        if self._closed:
+            raise ClosedError("webhook server is closed")
         try:
             self._verifier.verify(body, signature)
             delivery = parse_delivery(body)
         except WebhookRejected as exc:
-            response = self._reject(exc, remote)
-            return Answer(response.status, exc.reason, rejected=True)
+            return Answer(self._reject(exc, remote), exc.reason, rejected=True)
         with structlog.contextvars.bound_contextvars(event_id=delivery.id):
             status, outcome = await self._deliver(delivery)
             WEBHOOK_DELIVERIES.labels(api=delivery.api, outcome=outcome).inc()
@@ -302,7 +303,8 @@ class WebhookServer(AsyncResource):
             return 500, "error"
         return _ACK_STATUS[ack], ack.value
 
-    def _reject(self, exc: WebhookRejected, remote: str | None) -> web.Response:
+    def _reject(self, exc: WebhookRejected, remote: str | None) -> int:
+        """Counts and logs one refusal (reason and remote address only); returns its status."""
         status = _REJECT_STATUS.get(exc.reason, 400)
         WEBHOOK_REJECTS.labels(reason=exc.reason).inc()
         log.warning(
@@ -312,7 +314,7 @@ class WebhookServer(AsyncResource):
             remote=remote,
             kind="signature" if isinstance(exc, WebhookSignatureError) else "request",
         )
-        return self._response({"error": exc.reason}, status)
+        return status
 
     @staticmethod
     def _response(body: dict[str, Any], status: int) -> web.Response:

@@ -17,7 +17,7 @@ from ingestor import logs
 from ingestor.errors import ClosedError, KafkaUnavailable
 from ingestor.metrics import REGISTRY
 from ingestor.signature import sign
-from ingestor.webhook import Ack, Delivery, WebhookServer, parse_delivery
+from ingestor.webhook import Ack, Answer, Delivery, WebhookServer, parse_delivery
 
 SECRET = "whsec_unitCurrentSecret0123"
 OLD_SECRET = "whsec_unitPreviousSecret987"
@@ -503,3 +503,26 @@ async def test_server_refuses_reuse_after_close_and_bad_settings(intake: FakeInt
             tolerance_seconds=300,
             max_body_bytes=1,
         )
+
+
+async def test_receive_is_the_same_path_without_sockets(intake: FakeIntake) -> None:
+    """receive() on a server never started verifies and answers as HTTP does: a forged
+    delivery is rejected with its reason and never reaches the intake, a signed one is
+    committed; after close it is refused."""
+    srv = WebhookServer(
+        intake,
+        host="127.0.0.1",
+        port=0,
+        secrets=[SECRET],
+        tolerance_seconds=300,
+        max_body_bytes=MAX_BODY,
+    )
+    forged = await srv.receive(V1_BODY, signed(V1_BODY, "whsec_attackerGuess")["Stripe-Signature"])
+    assert forged == Answer(400, "mismatch", rejected=True)
+    assert intake.deliveries == []
+    good = await srv.receive(V2_BODY, signed(V2_BODY)["Stripe-Signature"])
+    assert good == Answer(200, "committed", rejected=False)
+    assert [d.id for d in intake.deliveries] == ["evt_test_65Thin"]
+    await srv.close()
+    with pytest.raises(ClosedError):
+        await srv.receive(V2_BODY, signed(V2_BODY)["Stripe-Signature"])
