@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from ingestor.clock import wall
+from ingestor.errors import ClosedError
 from ingestor.resource import AsyncResource
 from ingestor.sim.scenario import Destination
 from ingestor.sim.simulator import Simulator
@@ -132,7 +133,7 @@ class WebhookDeliverer(AsyncResource):
 
     async def start(self) -> None:
         if self._closed:
-            raise RuntimeError("webhook deliverer is closed")
+            raise ClosedError("webhook deliverer is closed")
         if self._main is not None:
             return
         if self._send_override is None:

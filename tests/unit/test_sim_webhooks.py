@@ -14,6 +14,7 @@ import pytest
 
 from ingestor import clock
 from ingestor.clock import LoopClock
+from ingestor.errors import ClosedError
 from ingestor.signature import SignatureVerifier
 from ingestor.sim import SimServer, Simulator, load_scenario
 from ingestor.sim.scenario import Destination, Scenario, destination_from_mapping
@@ -355,3 +356,13 @@ async def test_deliverer_drives_the_receiver_in_process_under_simulated_time() -
     assert stats.statuses["503"] >= 5
     assert stats.statuses["200"] == 5
     assert stats.gave_up == 0
+
+
+async def test_deliverer_closes_twice_and_refuses_reuse() -> None:
+    """Closing a deliverer twice is safe; starting it after close is refused."""
+    d = WebhookDeliverer(Simulator(scenario(), seed=1), (destination(),), send=Recorder())
+    async with d:
+        pass
+    await d.close()
+    with pytest.raises(ClosedError):
+        await d.start()
