@@ -6,7 +6,6 @@ import asyncio
 import collections
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import structlog
 
@@ -15,11 +14,10 @@ from ingestor.errors import KafkaUnavailable
 from ingestor.events import Record, Stream
 from ingestor.health import Readiness
 from ingestor.log import TransactionalLog
+from ingestor.route import IngestMode
 from ingestor.stream import StreamState
 
 log = structlog.get_logger(__name__)
-
-IngestMode = Literal["tail", "backfill"]
 
 
 def now_ms() -> int:
@@ -53,6 +51,12 @@ class CommitQueue:
 
     `put` waits for room *before* building the batch, so a batch's state snapshot is taken
     and queued in one step: a reader cancelled while waiting leaves no half-taken snapshot.
+
+    Batches are numbered as they are queued and committed in that order, so "everything
+    queued up to batch n is committed" is one integer (`committed`): a webhook delivery waits
+    on it (`wait_committed`) to be answered only after its event is in Kafka. `close` ends
+    the generation: later puts are refused and waiters learn that their batch will never
+    commit (this generation's transactions are over; the next one rebuilds from Kafka).
     """
 
     def __init__(self, max_items: int) -> None:
@@ -61,16 +65,38 @@ class CommitQueue:
         self._items = 0
         self._unfinished = 0
         self._cond = asyncio.Condition()
+        self.queued = 0  # number of the last batch queued
+        self.committed = 0  # every batch up to this number is committed
+        self.closed = False
 
-    async def put(self, build: Callable[[], Batch | None]) -> None:
+    async def put(self, build: Callable[[], Batch | None]) -> int | None:
+        """Queues the batch `build` makes; its number, or None when there was nothing to
+        queue or the queue is closed (then `build` is not called)."""
         async with self._cond:
-            await self._cond.wait_for(lambda: self._items < self._max)
+            await self._cond.wait_for(lambda: self._items < self._max or self.closed)
+            if self.closed:
+                return None
             batch = build()
             if batch is None:
-                return
+                return None
             self._batches.append(batch)
             self._items += len(batch.items)
             self._unfinished += 1
+            self.queued += 1
+            self._cond.notify_all()
+            return self.queued
+
+    async def wait_committed(self, seq: int) -> bool:
+        """Waits until batch `seq` (and all before it) is committed: True; False when the
+        queue closes first (its transaction failed or never ran)."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.committed >= seq or self.closed)
+            return self.committed >= seq
+
+    async def close(self) -> None:
+        """Refuses further batches and wakes every waiter; safe to call twice."""
+        async with self._cond:
+            self.closed = True
             self._cond.notify_all()
 
     async def take(self, max_items: int) -> list[Batch]:
@@ -87,8 +113,10 @@ class CommitQueue:
             return out
 
     async def done(self, n: int) -> None:
+        """Records that the next `n` batches taken are committed."""
         async with self._cond:
             self._unfinished -= n
+            self.committed += n
             self._cond.notify_all()
 
     async def join(self) -> None:

@@ -162,6 +162,30 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """Stripe event destinations pushed to `POST <path>` on a listener of their own."""
+
+    enabled: bool = False
+    # Loopback by default, like the ops listener: only the TLS-terminating ingress (a sidecar
+    # or the host's proxy) should reach it; the container image sets 0.0.0.0.
+    host: str = "127.0.0.1"
+    port: int = 8081
+    path: str = "/webhooks/stripe"
+    # Signing secrets (whsec_...); several while one is being rolled.
+    secrets: tuple[Secret, ...] = ()
+    tolerance_seconds: float = 300.0
+    max_body_bytes: int = 1_048_576
+    # How long a delivery waits for its commit before it is answered 503 (Stripe retries).
+    ack_timeout_seconds: float = 10.0
+    # The tail's poll interval while webhooks are on (pushes bring the latency; polls
+    # reconcile, so they can be rarer); 0 keeps tail.poll_interval.
+    poll_interval_seconds: float = 5.0
+    # strict: a push wakes the stream's poll and is published by it in order (the pushed
+    # payload only when that poll did not list it); arrival: published as it arrives.
+    order: Literal["strict", "arrival"] = "strict"
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -184,6 +208,7 @@ class Config:
     hydrate: HydrateConfig = field(default_factory=HydrateConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
     log: LogConfig = field(default_factory=LogConfig)
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
 
@@ -201,11 +226,13 @@ NAMED_ENV: dict[str, tuple[str, str]] = {
     "INGESTOR_TOPIC_PREFIX": ("kafka", "topic_prefix"),
     "INGESTOR_HTTP_HOST": ("http", "host"),
     "INGESTOR_HTTP_PORT": ("http", "port"),
+    "STRIPE_WEBHOOK_SECRET": ("webhook", "secrets"),
 }
 # Secrets mounted as files (Docker/Kubernetes secrets): NAME_FILE holds NAME's value.
 FILE_ENV: dict[str, tuple[str, str]] = {
     "STRIPE_API_KEY_FILE": ("stripe", "api_key"),
     "KAFKA_SASL_PASSWORD_FILE": ("kafka", "sasl_password"),
+    "STRIPE_WEBHOOK_SECRET_FILE": ("webhook", "secrets"),
 }
 
 _TOPIC_LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -218,6 +245,8 @@ def _expected(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if tp is Secret:
         return "a string"
+    if tp == tuple[Secret, ...]:
+        return "a list of secrets"
     if origin is tuple:
         return "a list of strings"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
@@ -233,6 +262,13 @@ def _coerce(setting: str, tp: Any, value: Any, *, from_text: bool) -> Any:
         if not isinstance(value, str):
             raise ConfigError(setting, f"expected {_expected(tp)}")
         return Secret(value.strip())
+    if tp == tuple[Secret, ...]:
+        # Never echo the value: an error names the setting only.
+        if from_text and isinstance(value, str):
+            return _secrets(value)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(setting, f"expected {_expected(tp)}")
+        return tuple(Secret(v.strip()) for v in value if v.strip())
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -278,6 +314,11 @@ def _coerce(setting: str, tp: Any, value: Any, *, from_text: bool) -> Any:
             raise bad
         return value
     raise bad  # pragma: no cover - every field type is handled above
+
+
+def _secrets(text: str) -> tuple[Secret, ...]:
+    """Comma- (or newline-) separated secrets, as STRIPE_WEBHOOK_SECRET and its file hold them."""
+    return tuple(Secret(p.strip()) for p in re.split(r"[,\n]", text) if p.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +421,8 @@ def load(
                 text = Path(env[name]).read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(name, f"cannot read secret file: {exc.strerror}") from None
-            values[section][key] = Secret(text)
+            hint = _hints(section)[key]
+            values[section][key] = _secrets(text) if hint == tuple[Secret, ...] else Secret(text)
             sources[f"{section}.{key}"] = f"env {name}"
     for dotted, raw in (flags or {}).items():
         section, _, key = dotted.partition(".")
@@ -493,6 +535,38 @@ def validate(config: Config) -> None:
         raise ConfigError("http.port", f"expected 0-65535, got {config.http.port}")
     if config.alarms.parked_retry_seconds <= 0:
         raise ConfigError("alarms.parked_retry_seconds", "expected a positive duration")
+    _validate_webhook(config.webhook)
+
+
+def _validate_webhook(w: WebhookConfig) -> None:
+    # Messages never include a secret's value, not even a prefix of it.
+    if w.enabled and not w.secrets:
+        raise ConfigError(
+            "webhook.secrets",
+            "missing while webhook.enabled (set STRIPE_WEBHOOK_SECRET or "
+            "STRIPE_WEBHOOK_SECRET_FILE to the endpoint's signing secret)",
+        )
+    for n, secret in enumerate(w.secrets):
+        if not secret.reveal().startswith("whsec_") or len(secret.reveal()) <= len("whsec_"):
+            raise ConfigError(
+                "webhook.secrets", f"secret #{n + 1} is not a signing secret (expected whsec_...)"
+            )
+    if not 0 <= w.port <= 65535:
+        raise ConfigError("webhook.port", f"expected 0-65535, got {w.port}")
+    if not w.path.startswith("/") or any(c in w.path for c in "?# "):
+        raise ConfigError(
+            "webhook.path", f"expected an absolute path like /webhooks/stripe, got {w.path!r}"
+        )
+    if not w.tolerance_seconds > 0:
+        raise ConfigError("webhook.tolerance_seconds", "expected a positive duration")
+    if w.max_body_bytes < 1024:
+        raise ConfigError("webhook.max_body_bytes", "expected at least 1024")
+    if not w.ack_timeout_seconds > 0:
+        raise ConfigError("webhook.ack_timeout_seconds", "expected a positive duration")
+    if w.poll_interval_seconds < 0:
+        raise ConfigError(
+            "webhook.poll_interval_seconds", "expected a duration >= 0 (0 = tail.poll_interval)"
+        )
 
 
 def show(loaded: Loaded) -> list[tuple[str, str, str]]:
@@ -504,6 +578,8 @@ def show(loaded: Loaded) -> list[tuple[str, str, str]]:
             value = getattr(obj, f.name)
             if isinstance(value, Secret):
                 text = MASK if value else "(unset)"
+            elif f.type == "tuple[Secret, ...]":
+                text = ",".join(MASK for _ in value) if value else "(unset)"
             elif isinstance(value, tuple):
                 text = ",".join(value)
             elif isinstance(value, bool):

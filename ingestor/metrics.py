@@ -193,6 +193,17 @@ WEBHOOK_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+WEBHOOK_DECISIONS = Counter(
+    "ingestor_webhook_decisions",
+    "What the intake decided for each verified delivery, by answer (committed, duplicate, "
+    "ignored: 200; unavailable: 503) and reason: pushed (published from the delivery), polled "
+    "(the poll it woke published it), seen, settled (older than every read still to come), "
+    "backfilled, before_start, stream/type (not ingested here), and for 503s kafka, starting, "
+    "stopping, parked, backfill_pending, fetch_failed, timeout, error.",
+    ["outcome", "reason"],
+    registry=REGISTRY,
+)
+
 
 def _start_at_zero() -> None:
     for counter, label, values in (

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -13,17 +14,19 @@ import structlog
 
 from ingestor import clock, metrics, retry
 from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan, Timed
-from ingestor.committer import Batch, CommitQueue, Committer, IngestMode, Routed
-from ingestor.config import Config, KafkaConfig, Loaded
+from ingestor.committer import Batch, CommitQueue, Committer, Routed
+from ingestor.config import Config, KafkaConfig, Loaded, WebhookConfig
 from ingestor.errors import (
     CursorExpired,
     Fenced,
     IngestorError,
     KafkaUnavailable,
+    MalformedResponse,
 )
 from ingestor.events import Event, Hydration, Stream
 from ingestor.health import GapAlarm, HealthServer, Readiness
 from ingestor.hydrate import Hydrator
+from ingestor.intake import DUPLICATE_VERDICTS, WebhookIntake, classify
 from ingestor.limits import Priority
 from ingestor.log import TransactionalLog
 from ingestor.pages import v1_pages, v2_pages
@@ -31,13 +34,14 @@ from ingestor.plan import lost_window, plan_backfill, retention_edge, retention_
 from ingestor.plan import read_through as plan_read_through
 from ingestor.progress import ProgressReporter
 from ingestor.ratelimit import RateBudget
-from ingestor.route import Router
+from ingestor.route import IngestMode, Router
 from ingestor.sink import Sink
 from ingestor.stream import Seen, StreamState
 from ingestor.stripe_api import StripeClient
 from ingestor.tail import Tail
 from ingestor.timespec import parse_since
 from ingestor.transport import Transport
+from ingestor.webhook import Ack, Delivery, Intake, WebhookServer
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +51,12 @@ T_Timed = TypeVar("T_Timed", bound=Timed)
 CATCH_UP_MIN_GAP_MS = 120_000
 # ...and a busy tail hands the gap that built up during its last poll to the slicer too.
 BUSY_GAP_MIN_MS = 2_000
+# Pushed events wait this long for others before they are queued as one batch per stream:
+# at hundreds of deliveries a second that is many events per state snapshot and per
+# transaction, for a few ms of latency.
+PUSH_LINGER_S = 0.005
+# A pushed event another reader holds (claimed, not yet queued) is looked at again this often.
+HELD_RETRY_S = 0.01
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_DATA_LOST = 3
@@ -118,6 +128,14 @@ class Pipeline:
         self.gap = GapAlarm(config.alarms.gap_threshold_seconds)
         self.runtimes: dict[Stream, StreamState] = {}
         self.restored = False  # Kafka answered this generation's state restore
+        # Webhook intake: tails polling now (strict order wakes them), pushed events waiting
+        # to be queued together, and whether deliveries are still taken (not once stopping).
+        self.tails: dict[Stream, Tail] = {}
+        self.accepting = True
+        self._pushed: dict[Stream, list[tuple[Event, Routed, asyncio.Future[int | None]]]] = {}
+        self._push_ready = asyncio.Event()
+        self._push_idle = asyncio.Event()  # nothing pushed is waiting to be queued
+        self._push_idle.set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -145,6 +163,16 @@ class Pipeline:
             streams=[p.key for p in self.streams],
             resumed=[p.key for p in self.streams if p in restored],
         )
+        try:
+            await self._run_tasks(stop)
+        finally:
+            # Whatever ended this generation, a delivery still waiting learns that its batch
+            # will not commit here (503; Stripe retries into the next generation).
+            self.accepting = False
+            await self.queue.close()
+            self._fail_pushed()
+
+    async def _run_tasks(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
             committer = tg.create_task(
                 Committer(
@@ -155,20 +183,26 @@ class Pipeline:
                     self.cfg.tail.batch_max_events,
                 ).run()
             )
+            flusher = tg.create_task(self._flush_pushed())
             intake = tg.create_task(self._intake())
             stopper = tg.create_task(stop.wait())
             await asyncio.wait([intake, stopper], return_when=asyncio.FIRST_COMPLETED)
-            # Stop intake first. Readers hold nothing that matters uncommitted: every batch
-            # they queued carries its own state snapshot, and what was not queued is re-read.
+            # Stop intake first: new deliveries get 503, readers stop. Readers hold nothing
+            # that matters uncommitted: every batch they queued carries its own state
+            # snapshot, and what was not queued is re-read. Deliveries already taken are
+            # queued and committed with the rest, and answered.
+            self.accepting = False
             intake.cancel()
             stopper.cancel()
             # A stop signal drains within the grace period; a finished --once run drains fully.
             grace = self.cfg.alarms.shutdown_grace_seconds if stop.is_set() else None
             try:
                 async with asyncio.timeout(grace):
+                    await self._push_idle.wait()
                     await self.queue.join()
             except TimeoutError:
                 log.error("shutdown deadline passed with batches uncommitted; they will be re-read")
+            flusher.cancel()
             committer.cancel()
 
     async def _intake(self) -> None:
@@ -245,9 +279,10 @@ class Pipeline:
         tail = self._make_tail(rt)
         if rt.backfill is not None and not rt.backfill.complete:
             if self.cfg.backfill.tail_during_backfill and not self.once:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._run_backfill(rt))
-                    tg.create_task(tail.run())
+                with self._polling(tail):
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._run_backfill(rt))
+                        tg.create_task(tail.run())
                 return
             await self._run_backfill(rt)
 
@@ -257,7 +292,18 @@ class Pipeline:
         if self.once:
             await tail.run_once(catch_up)
         else:
-            await tail.run(catch_up)
+            with self._polling(tail):
+                await tail.run(catch_up)
+
+    @contextlib.contextmanager
+    def _polling(self, tail: Tail) -> Iterator[None]:
+        """Makes `tail` the one a strict-order delivery of its stream wakes, while it runs."""
+        self.tails[tail.stream] = tail
+        try:
+            yield
+        finally:
+            if self.tails.get(tail.stream) is tail:
+                del self.tails[tail.stream]
 
     def _check_read_through(self, rt: StreamState, now: int) -> None:
         """Raises the gap alarm and reports a lost window from the time the stream was last
@@ -368,11 +414,16 @@ class Pipeline:
         async def accept(events: list[Event], newest: int | None) -> int:
             return await self._accept(rt, events, newest)
 
+        tail_cfg = self.cfg.tail
+        w = self.cfg.webhook
+        if w.enabled and w.poll_interval_seconds > 0:
+            # Pushes bring the latency; polls reconcile and can be rarer.
+            tail_cfg = dataclasses.replace(tail_cfg, poll_interval=w.poll_interval_seconds)
         return Tail(
             rt,
             lambda lo, hi, extra, priority: self._read_window(p, lo, hi, extra, priority),
             accept,
-            self.cfg.tail,
+            tail_cfg,
             sweep_budget=self.sweep_budget,
             on_poll_ok=poll_ok,
             clock_ms=now_ms,
@@ -472,7 +523,9 @@ class Pipeline:
         events: Sequence[Seen] = (),
         newest: int | None = None,
         backfill_cursor: int | None = None,
-    ) -> None:
+    ) -> int | None:
+        """Queues a batch of `rt` (its state snapshot taken as it is queued); returns the
+        batch's number in the queue, or None when nothing was queued."""
         overlap = int(self.cfg.tail.overlap_seconds * 1000)
         sweep = int(self.cfg.tail.sweep_window_seconds * 1000)
 
@@ -489,7 +542,149 @@ class Pipeline:
                 return None
             return Batch(rt.stream, items, state, mode)
 
-        await self.queue.put(build)
+        return await self.queue.put(build)
+
+    # --- webhook deliveries -----------------------------------------------------------------
+
+    async def push(self, delivery: Delivery) -> tuple[Ack, str]:
+        """A verified delivery in: (answer, reason). COMMITTED only once a transaction that
+        holds the event committed; DUPLICATE only once everything queued before the answer
+        was decided committed (a seen id may still be queued); otherwise UNAVAILABLE.
+
+        Decided from bounded state (`intake.classify`). In strict order the stream's poll is
+        woken first and the pushed payload is published only if that poll did not list it.
+        """
+        if not self.restored:
+            return Ack.UNAVAILABLE, "starting"
+        stream = Stream(delivery.api, delivery.account)
+        rt = self.runtimes.get(stream)
+        if rt is None:
+            return Ack.IGNORED, "stream"
+        if stream.key in self.outcome.parked:
+            return Ack.UNAVAILABLE, "parked"
+        if rt.tail_start_ms is None:
+            return Ack.UNAVAILABLE, "starting"
+        probe = self._pushed_event(delivery)
+        overlap = int(self.cfg.tail.overlap_seconds * 1000)
+        sweep = int(self.cfg.tail.sweep_window_seconds * 1000)
+        polled = False
+        while True:
+            if not self.accepting:
+                return Ack.UNAVAILABLE, "stopping"
+            verdict = classify(
+                probe.created_ms,
+                seen=rt.has_seen(probe.id, probe.created_ms),
+                tail_start_ms=rt.tail_start_ms,
+                horizon_ms=rt.prune_horizon(overlap, sweep),
+                backfill=rt.backfill,
+            )
+            if verdict in DUPLICATE_VERDICTS:
+                reason = "polled" if polled and verdict == "seen" else verdict
+                if await self.queue.wait_committed(self.queue.queued):
+                    return Ack.DUPLICATE, reason
+                return Ack.UNAVAILABLE, "kafka"
+            if verdict == "backfill_pending":
+                return Ack.UNAVAILABLE, verdict
+            if self.cfg.webhook.order == "strict" and not polled:
+                tail = self.tails.get(stream)
+                if tail is None:
+                    # Nothing polls this stream now (a backfill first): publishing the push
+                    # could overtake older events of its object.
+                    return Ack.UNAVAILABLE, "starting"
+                await tail.poll_after()
+                polled = True
+                continue
+            fresh, _ = rt.claim([probe])
+            if not fresh:
+                # Another reader holds it (a sweep, say): it queues it or lets go soon.
+                await asyncio.sleep(HELD_RETRY_S)
+                continue
+            return await self._publish_pushed(rt, probe, delivery)
+
+    def _pushed_event(self, delivery: Delivery) -> Event:
+        if delivery.event is not None:
+            return delivery.event
+        if delivery.notification is None:
+            raise ValueError("a delivery carries either a v1 event or a v2 notification")
+        # The notification is the thin event as the list shows it; enough to decide and claim.
+        return Event.from_v2(delivery.notification, delivery.account, self.client.api_version)
+
+    async def _publish_pushed(
+        self, rt: StreamState, probe: Event, delivery: Delivery
+    ) -> tuple[Ack, str]:
+        """Publishes a claimed pushed event through the same stages as a polled one."""
+        handed = False
+        try:
+            try:
+                event = probe if probe.api == "v1" else await self._fetch_v2(probe)
+            except IngestorError as exc:
+                log.warning("pushed thin event not fetched", event_id=probe.id, error=str(exc))
+                return Ack.UNAVAILABLE, "fetch_failed"
+            [item] = await self._prepare([event], "webhook")
+            done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            self._pushed.setdefault(rt.stream, []).append((probe, item, done))
+            handed = True  # from here the flusher marks (queues) or releases it
+            self._push_idle.clear()
+            self._push_ready.set()
+            seq = await done
+        finally:
+            if not handed:
+                rt.release([probe])
+        if seq is None or not await self.queue.wait_committed(seq):
+            return Ack.UNAVAILABLE, "kafka"
+        return Ack.COMMITTED, "pushed"
+
+    async def _fetch_v2(self, thin: Event) -> Event:
+        """`GET /v2/core/events/{id}` with the context as Stripe-Context; published in the
+        shape the list gives (the v2 envelope's `event` is the thin event, without `data`),
+        so a consumer sees the same value whichever path saw the event first."""
+        body = await self.client.request_json(
+            "GET", f"/v2/core/events/{thin.id}", account=thin.account, api="v2"
+        )
+        body.pop("data", None)
+        event = Event.from_v2(body, thin.account, self.client.api_version)
+        if event.id != thin.id:
+            raise MalformedResponse(f"asked for event {thin.id}, got {event.id}")
+        return event
+
+    async def _flush_pushed(self) -> None:
+        """Queues pushed events, one batch per stream every PUSH_LINGER_S at most: group
+        commit, so concurrent deliveries share state snapshots and transactions."""
+        while True:
+            await self._push_ready.wait()
+            await asyncio.sleep(PUSH_LINGER_S)
+            self._push_ready.clear()
+            groups, self._pushed = self._pushed, {}
+            try:
+                for stream, entries in groups.items():
+                    rt = self.runtimes[stream]
+                    events = [e for e, _, _ in entries]
+                    seq: int | None = None
+                    try:
+                        seq = await self._enqueue(rt, [i for _, i, _ in entries], "webhook", events)
+                    finally:
+                        rt.release(events)  # a no-op for what was queued
+                        for *_, done in entries:
+                            if not done.done():
+                                done.set_result(seq)
+            finally:
+                self._fail_pushed(groups)
+                if not self._pushed:
+                    self._push_idle.set()
+
+    def _fail_pushed(
+        self,
+        groups: dict[Stream, list[tuple[Event, Routed, asyncio.Future[int | None]]]] | None = None,
+    ) -> None:
+        """Lets go of pushed events not queued (their deliveries get 503)."""
+        for stream, entries in (self._pushed if groups is None else groups).items():
+            self.runtimes[stream].release(e for e, _, _ in entries)
+            for *_, done in entries:
+                if not done.done():
+                    done.set_result(None)
+        if groups is None:
+            self._pushed = {}
+            self._push_idle.set()
 
     # --- backfill ---------------------------------------------------------------------------
 
@@ -642,12 +837,15 @@ async def serve(
     transport: Transport | None = None,
     open_log: Callable[[KafkaConfig], TransactionalLog] = Sink,
     http: bool = True,
+    receiver: Receiver | None = None,
 ) -> int:
     """Runs the service until `stop` is set (or, with `once`, until caught up).
 
     The seams the simulation fills: `transport` answers the Stripe client (default: aiohttp
     over the network), `open_log` opens the transactional log for each generation (default:
-    Kafka), and `http=False` leaves out the health server.
+    Kafka), `http=False` leaves out the health server, and `receiver` opens what feeds
+    webhook deliveries to the intake when `webhook.enabled` (default: the HTTP receiver,
+    `ingestor.webhook.WebhookServer`, on its own listener).
     """
     cfg = loaded.config
     stop = stop or asyncio.Event()
@@ -664,61 +862,125 @@ async def serve(
         Hydrator.for_client(client, cfg.hydrate) as hydrator,
     ):
         streams = await discover_streams(cfg, client)
-        restart = retry.forever(
-            "kafka generation", on=(KafkaUnavailable,), sleep=retry.until_set(stop)
-        )
-        generation: Pipeline | None = None
-
-        async def run_generation() -> None:
-            nonlocal generation
-            generation = None
-            if stop.is_set():
-                return
-            async with open_log(cfg.kafka) as sink:
-
-                async def kafka_ok(sink: TransactionalLog = sink) -> bool:
-                    return sink.healthy
-
-                readiness.add_probe("kafka", kafka_ok)
-                generation = Pipeline(
-                    cfg,
-                    client,
-                    sink,
-                    hydrator,
-                    readiness,
-                    streams,
-                    backfill=backfill,
-                    since=since,
-                    once=once,
-                    outcome=outcome,
-                )
-                await generation.run(stop)
-
-        def kafka_down(f: retry.Failure) -> None:
-            # The last transaction's outcome is unknown: the next generation rebuilds
-            # from the state topic (what Kafka really holds) instead of guessing.
-            readiness.mark_kafka(False)
-            log.warning(
-                "kafka unavailable; restarting from committed state",
-                error=str(f.cause),
-                retry_in_s=round(f.delay, 2),
+        # Webhooks feed a running service; `--once` reads what is there and exits.
+        intake = WebhookIntake(cfg, streams, stop) if cfg.webhook.enabled and not once else None
+        async with _open_receiver(cfg.webhook, intake, receiver):
+            await _run_generations(
+                cfg,
+                client,
+                hydrator,
+                readiness,
+                streams,
+                stop,
+                open_log,
+                outcome,
+                intake,
+                backfill=backfill,
+                since=since,
+                once=once,
             )
-
-        def fresh(_cause: BaseException) -> bool:
-            # A generation that restored state was healthy: this is a new outage, so the
-            # backoff starts over.
-            return generation is not None and generation.restored
-
-        try:
-            await restart.call(run_generation, on_failure=kafka_down, fresh=fresh)
-        except BaseExceptionGroup as exc:
-            raise _unwrap(exc) from None
     if once and outcome.lost_windows:
         return EXIT_DATA_LOST
     if once and outcome.parked:
         log.error("streams parked; their events were not read", parked=outcome.parked)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+Receiver = Callable[[WebhookConfig, Intake], contextlib.AbstractAsyncContextManager[object]]
+"""Opens the source of webhook deliveries (the HTTP receiver) around the service's run."""
+
+
+def _open_receiver(
+    w: WebhookConfig, intake: WebhookIntake | None, receiver: Receiver | None
+) -> contextlib.AbstractAsyncContextManager[object]:
+    if intake is None:
+        return contextlib.nullcontext()
+    if receiver is not None:
+        return receiver(w, intake)
+    return WebhookServer(
+        intake,
+        host=w.host,
+        port=w.port,
+        path=w.path,
+        secrets=[s.reveal() for s in w.secrets],
+        tolerance_seconds=w.tolerance_seconds,
+        max_body_bytes=w.max_body_bytes,
+        # The intake answers UNAVAILABLE itself at ack_timeout_seconds, with its reason; the
+        # server's own limit is the backstop behind it.
+        ack_timeout_seconds=w.ack_timeout_seconds + 1.0,
+    )
+
+
+async def _run_generations(
+    cfg: Config,
+    client: StripeClient,
+    hydrator: Hydrator,
+    readiness: Readiness,
+    streams: list[Stream],
+    stop: asyncio.Event,
+    open_log: Callable[[KafkaConfig], TransactionalLog],
+    outcome: RunOutcome,
+    intake: WebhookIntake | None,
+    *,
+    backfill: bool,
+    since: str | None,
+    once: bool,
+) -> None:
+    """Runs pipeline generations, a new one after each Kafka failure, until stopped."""
+    restart = retry.forever("kafka generation", on=(KafkaUnavailable,), sleep=retry.until_set(stop))
+    generation: Pipeline | None = None
+
+    async def run_generation() -> None:
+        nonlocal generation
+        generation = None
+        if stop.is_set():
+            return
+        async with open_log(cfg.kafka) as sink:
+
+            async def kafka_ok(sink: TransactionalLog = sink) -> bool:
+                return sink.healthy
+
+            readiness.add_probe("kafka", kafka_ok)
+            generation = Pipeline(
+                cfg,
+                client,
+                sink,
+                hydrator,
+                readiness,
+                streams,
+                backfill=backfill,
+                since=since,
+                once=once,
+                outcome=outcome,
+            )
+            if intake is not None:
+                intake.generation = generation
+            try:
+                await generation.run(stop)
+            finally:
+                if intake is not None:
+                    intake.generation = None
+
+    def kafka_down(f: retry.Failure) -> None:
+        # The last transaction's outcome is unknown: the next generation rebuilds
+        # from the state topic (what Kafka really holds) instead of guessing.
+        readiness.mark_kafka(False)
+        log.warning(
+            "kafka unavailable; restarting from committed state",
+            error=str(f.cause),
+            retry_in_s=round(f.delay, 2),
+        )
+
+    def fresh(_cause: BaseException) -> bool:
+        # A generation that restored state was healthy: this is a new outage, so the
+        # backoff starts over.
+        return generation is not None and generation.restored
+
+    try:
+        await restart.call(run_generation, on_failure=kafka_down, fresh=fresh)
+    except BaseExceptionGroup as exc:
+        raise _unwrap(exc) from None
 
 
 def main(loaded: Loaded, *, backfill: bool, since: str | None, once: bool) -> int:

@@ -13,7 +13,7 @@ import orjson
 from ingestor.errors import TopicCollision
 from ingestor.events import Event, Hydration, Record, ms_to_rfc3339
 
-IngestMode = Literal["tail", "backfill"]
+IngestMode = Literal["tail", "backfill", "webhook"]
 
 MAX_TOPIC_LEN = 249
 # Longest topic prefix: `<prefix>._ingestor_state` and `<prefix>.<type>` for every Stripe type

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -10,7 +11,7 @@ import structlog
 
 from ingestor import clock, metrics, retry
 from ingestor.config import TailConfig
-from ingestor.events import Event
+from ingestor.events import Event, Stream
 from ingestor.limits import Priority
 from ingestor.ratelimit import RateBudget
 from ingestor.stream import StreamState
@@ -78,6 +79,16 @@ class Tail:
         self._busy = False
         self.polls = 0
         self.sweeps = 0
+        # Webhook deliveries wake the poll loop (instead of its sleep) and wait for a poll
+        # that started after them: numbered starts and the newest number that finished.
+        self._wake = asyncio.Event()
+        self._started = 0
+        self._finished = 0
+        self._finish = asyncio.Condition()
+
+    @property
+    def stream(self) -> Stream:
+        return self._rt.stream
 
     async def poll(self) -> int:
         """One pass over [watermark - overlap, now]; returns how many events were new.
@@ -88,6 +99,23 @@ class Tail:
         rate x (overlap + interval) without its time growing with it. `read_gap` returns None
         when the window is too small to be worth slicing.
         """
+        self._started += 1
+        number = self._started
+        new = await self._poll()
+        async with self._finish:
+            self._finished = max(self._finished, number)
+            self._finish.notify_all()
+        return new
+
+    async def poll_after(self) -> None:
+        """Wakes the poll loop and returns once a poll that started after this call has
+        finished (what was listed then is queued: marked seen)."""
+        target = self._started + 1
+        self._wake.set()
+        async with self._finish:
+            await self._finish.wait_for(lambda: self._finished >= target)
+
+    async def _poll(self) -> int:
         if self._busy and self._read_gap is not None:
             read = await self._read_gap()
             if read is not None:
@@ -175,10 +203,14 @@ class Tail:
 
     async def _poll_loop(self) -> None:
         while True:
+            # A wake-up during this poll asks for another one right after it.
+            self._wake.clear()
             new = await _retrying(self.poll, "poll")
             # Adaptive: a full page of news means more is probably waiting; ask again now.
-            if new < self._page_size:
-                await asyncio.sleep(self._cfg.poll_interval)
+            if new < self._page_size and not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._cfg.poll_interval):
+                        await self._wake.wait()
 
     async def _sweep_loop(self, restart_hi: int, began: int, caught_up: asyncio.Event) -> None:
         loop_time = clock.monotonic

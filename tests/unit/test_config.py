@@ -46,7 +46,7 @@ def test_every_config_field_appears_in_default_toml_with_a_comment() -> None:
         assert f"[{section}]" in text, section
         body = text.split(f"[{section}]", 1)[1].split("\n[", 1)[0].splitlines()
         for f in dataclasses.fields(cls):
-            secret = f.type in ("Secret", config.Secret)
+            secret = f.type in ("Secret", config.Secret, "tuple[Secret, ...]")
             pattern = rf"^# {f.name} = " if secret else rf"^{f.name} = "
             idx = next((i for i, ln in enumerate(body) if re.match(pattern, ln)), None)
             assert idx is not None, f"{section}.{f.name} missing from default.toml"
@@ -54,7 +54,9 @@ def test_every_config_field_appears_in_default_toml_with_a_comment() -> None:
             above = [ln for ln in body[:idx] if ln.strip()]
             assert above, f"{section}.{f.name} has no comment above it"
             assert above[-1].startswith("#") or re.match(r"^\w+ = ", above[-1])
-    assert not re.search(r"^\s*(api_key|sasl_password)\s*=", text, re.M), "secret set in file"
+    assert not re.search(r"^\s*(api_key|sasl_password|secrets)\s*=", text, re.M), (
+        "secret set in file"
+    )
 
 
 def test_demo_toml_is_valid_and_points_at_the_simulator() -> None:
@@ -246,3 +248,69 @@ def test_global_limit_defaults_to_stripes_sandbox_or_live_figure(key: str, rate:
     env = {"STRIPE_API_KEY": key, "STRIPE_RATE_LIMIT": "300"}
     raised = config.load(env=env, defaults_file=None).config.stripe
     assert raised.effective_rate_limit == 300.0
+
+
+WH_A = "whsec_" + "a" * 32
+WH_B = "whsec_" + "b" * 32
+
+
+def test_webhook_secrets_come_from_env_comma_separated_and_never_show() -> None:
+    """STRIPE_WEBHOOK_SECRET holds several secrets (rotation); repr and `config show` mask
+    every one of them."""
+    env = {"STRIPE_API_KEY": KEY, "STRIPE_WEBHOOK_SECRET": f"{WH_A}, {WH_B}"}
+    loaded = config.load(env=env | {"INGESTOR_WEBHOOK__ENABLED": "true"}, defaults_file=None)
+    w = loaded.config.webhook
+    assert w.enabled
+    assert [s.reveal() for s in w.secrets] == [WH_A, WH_B]
+    rows = {k: (v, src) for k, v, src in config.show(loaded)}
+    assert rows["webhook.secrets"] == (f"{config.MASK},{config.MASK}", "env STRIPE_WEBHOOK_SECRET")
+    text = repr(loaded.config) + str(config.show(loaded))
+    assert WH_A not in text
+    assert WH_B not in text
+
+
+def test_webhook_secret_file_holds_one_secret_per_line_or_comma(tmp_path: Path) -> None:
+    """STRIPE_WEBHOOK_SECRET_FILE (a mounted secret) is read like the env variable."""
+    path = tmp_path / "whsec"
+    path.write_text(f"{WH_A}\n{WH_B}\n")
+    env = {"STRIPE_API_KEY": KEY, "STRIPE_WEBHOOK_SECRET_FILE": str(path)}
+    loaded = config.load(env=env, defaults_file=DEFAULT_TOML)
+    assert [s.reveal() for s in loaded.config.webhook.secrets] == [WH_A, WH_B]
+    assert loaded.sources["webhook.secrets"] == "env STRIPE_WEBHOOK_SECRET_FILE"
+
+
+def test_webhook_defaults_are_off_and_show_unset_secrets() -> None:
+    """Webhooks are off by default, on their own port, at Stripe's default path."""
+    loaded = config.load(env={"STRIPE_API_KEY": KEY}, defaults_file=DEFAULT_TOML)
+    w = loaded.config.webhook
+    assert (w.enabled, w.port, w.path, w.tolerance_seconds) == (
+        False,
+        8081,
+        "/webhooks/stripe",
+        300,
+    )
+    assert ("webhook.secrets", "(unset)", "default") in config.show(loaded)
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"INGESTOR_WEBHOOK__ENABLED": "true"}, "webhook.secrets"),
+        ({"STRIPE_WEBHOOK_SECRET": "sk_test_notawebhooksecret"}, "webhook.secrets"),
+        ({"STRIPE_WEBHOOK_SECRET": "whsec_"}, "webhook.secrets"),
+        ({"INGESTOR_WEBHOOK__PORT": "70000"}, "webhook.port"),
+        ({"INGESTOR_WEBHOOK__PATH": "webhooks"}, "webhook.path"),
+        ({"INGESTOR_WEBHOOK__ORDER": "random"}, "INGESTOR_WEBHOOK__ORDER"),
+        ({"INGESTOR_WEBHOOK__ACK_TIMEOUT_SECONDS": "0"}, "webhook.ack_timeout_seconds"),
+        ({"INGESTOR_WEBHOOK__MAX_BODY_BYTES": "10"}, "webhook.max_body_bytes"),
+    ],
+)
+def test_webhook_settings_are_validated_without_echoing_secrets(
+    env: dict[str, str], setting: str
+) -> None:
+    """A bad webhook setting is one ConfigError naming it (exit 2), and the message never
+    contains a secret's value."""
+    with pytest.raises(ConfigError) as info:
+        config.load(env={"STRIPE_API_KEY": KEY} | env, defaults_file=None)
+    assert info.value.setting == setting
+    assert "notawebhooksecret" not in str(info.value)

@@ -103,11 +103,11 @@ def test_every_v1_record_validates() -> None:
     router = Router("stripe", firehose=True)
     count = 0
     for event in _v1_events():
-        for mode in ("tail", "backfill"):
+        for mode in ("tail", "backfill", "webhook"):
             for record in router.route(event, None, ingest_mode=mode):
                 assert validate_record(record) == event.payload
                 count += 1
-    assert count == 2 * 2 * 276
+    assert count == 2 * 3 * 276
 
 
 def test_every_v2_record_validates() -> None:
