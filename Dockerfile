@@ -17,13 +17,15 @@ COPY ingestor ./ingestor
 RUN pip install . && rm -rf /app/ingestor /app/build
 COPY config ./config
 
-# Listen on all interfaces inside the container; the health check and Prometheus need it.
+# Listen on all interfaces inside the container; the health check and Prometheus need it, and
+# the TLS-terminating ingress reaches the webhook listener (8081, when webhook.enabled).
 ENV INGESTOR_HTTP_HOST=0.0.0.0 \
     INGESTOR_HTTP_PORT=8080 \
+    INGESTOR_WEBHOOK__HOST=0.0.0.0 \
     INGESTOR_CONFIG_DIR=/app/config
 
 USER ingestor
-EXPOSE 8080
+EXPOSE 8080 8081
 
 # slim has no curl: probe /healthz with the standard library.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
