@@ -78,6 +78,7 @@ demo: install
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m bench.run
+	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m bench.webhook
 
 clean: kafka-down
 	rm -rf .kafka $(VENV) dev/kafka/lib $(ASYNCAPI)/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -68,6 +70,8 @@ class CommitQueue:
         self.queued = 0  # number of the last batch queued
         self.committed = 0  # every batch up to this number is committed
         self.closed = False
+        self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
+        self._waiter_ids = itertools.count()
 
     async def put(self, build: Callable[[], Batch | None]) -> int | None:
         """Queues the batch `build` makes; its number, or None when there was nothing to
@@ -88,16 +92,35 @@ class CommitQueue:
 
     async def wait_committed(self, seq: int) -> bool:
         """Waits until batch `seq` (and all before it) is committed: True; False when the
-        queue closes first (its transaction failed or never ran)."""
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.committed >= seq or self.closed)
-            return self.committed >= seq
+        queue closes first (its transaction failed or never ran).
+
+        One future per waiter in a heap by number, resolved as commits pass it: hundreds of
+        deliveries waiting cost nothing per queue operation (a condition would wake them all
+        on every put, take and commit).
+        """
+        if self.committed >= seq:
+            return True
+        if self.closed:
+            return False
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (seq, next(self._waiter_ids), done))
+        return await done
+
+    def _wake_committed(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.committed:
+            _, _, done = heapq.heappop(self._waiters)
+            if not done.done():
+                done.set_result(True)
 
     async def close(self) -> None:
         """Refuses further batches and wakes every waiter; safe to call twice."""
         async with self._cond:
             self.closed = True
             self._cond.notify_all()
+        waiters, self._waiters = self._waiters, []
+        for _, _, done in waiters:
+            if not done.done():
+                done.set_result(False)
 
     async def take(self, max_items: int) -> list[Batch]:
         """Waits for at least one batch; returns whole batches up to about `max_items`."""
@@ -118,6 +141,7 @@ class CommitQueue:
             self._unfinished -= n
             self.committed += n
             self._cond.notify_all()
+        self._wake_committed()
 
     async def join(self) -> None:
         """Waits until every batch put so far has been committed."""

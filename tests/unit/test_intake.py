@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -80,6 +81,24 @@ async def test_commit_queue_numbers_batches_and_reports_commits_in_order() -> No
     await q.done(len(taken))
     assert await waiter is True
     assert q.committed == 2
+
+
+async def test_commit_waiters_wake_as_commits_pass_their_batch_only() -> None:
+    """Waiters for batches 1..3 registered out of order: a commit of two batches wakes those
+    of 1 and 2 (True) and leaves the one for 3 waiting until its own commit."""
+    q = CommitQueue(100)
+    for n in range(3):
+        await q.put(functools.partial(_batch, n))
+    waiters = {seq: asyncio.create_task(q.wait_committed(seq)) for seq in (3, 1, 2)}
+    await asyncio.sleep(0)
+    assert len(await q.take(10)) == 3
+    await q.done(2)
+    await asyncio.sleep(0)
+    assert waiters[1].done()
+    assert waiters[2].done()
+    assert not waiters[3].done()
+    await q.done(1)
+    assert [await waiters[s] for s in (1, 2, 3)] == [True, True, True]
 
 
 async def test_a_closed_queue_refuses_batches_and_tells_waiters_they_failed() -> None:
