@@ -191,3 +191,66 @@ async def test_a_kafka_outage_answers_503_until_it_is_back_then_every_event_land
     early_200 = [e for e, st, at in dest.statuses if e in late_ids and st == 200 and at < up_at]
     assert early_200 == [], f"answered 200 while Kafka was down (since {down_at})"
     check_exactly_once(await published(boot, topic_prefix), truth, topic_prefix)
+
+
+@pytest.mark.timeout(240)
+async def test_the_simulators_destinations_push_while_the_poller_runs_exactly_once(
+    bootstrap: str, topic_prefix: str
+) -> None:
+    """The simulator's own deliverer (snapshot and thin destinations, with duplicates,
+    reordering and late deliveries) pushes to `ingestor run` while it polls: every delivery
+    is acknowledged in the end, and every event of both apis is published exactly once."""
+    scenario = sim_scenario(history_events=0, history_bursts=0, accounts=())
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/webhooks/stripe"
+    faults = {
+        "duplicate_share": 0.2,
+        "reorder_share": 0.2,
+        "late_share": 0.1,
+        "late_min_seconds": 1.0,
+        "late_max_seconds": 4.0,
+        "backoff_initial_seconds": 0.2,
+        "backoff_max_seconds": 2.0,
+    }
+    async with SimServer(scenario, seed=73) as server, aiohttp.ClientSession() as session:
+        s = server.sim
+        for kind in ("snapshot", "thin"):
+            body = {"url": url, "secret": SECRET, "kind": kind, **faults}
+            async with session.post(server.url + "/_sim/webhooks", json=body) as r:
+                assert r.status == 200, await r.text()
+        loaded = make_config(
+            server.url,
+            bootstrap,
+            topic_prefix,
+            webhook__enabled=True,
+            webhook__port=port,
+            webhook__secrets=SECRET,
+            webhook__poll_interval_seconds=1,
+        )
+        readiness = Readiness()
+        stop, task = await _run(loaded, readiness)
+        try:
+            ids = s.add_events(60) + s.add_events(20, api="v2")
+            ids += s.add_events(10, lag_seconds=2.0)
+            records = await wait_published(bootstrap, topic_prefix, set(ids), within=60)
+
+            async def acked() -> dict[str, Any]:
+                async with session.get(server.url + "/_sim/webhooks") as r:
+                    counters: dict[str, Any] = await r.json()
+                return counters
+
+            deadline = time.monotonic() + 60
+            while True:
+                counters = await acked()
+                done = sum(d["acked_events"] for d in counters["destinations"])
+                if done == len(ids) and not counters["pending"]:
+                    break
+                assert time.monotonic() < deadline, counters
+                await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+        assert await asyncio.wait_for(task, 20) == 0
+        truth = s.truth()
+    assert all(d["gave_up"] == 0 for d in counters["destinations"]), counters
+    check_exactly_once(await published(bootstrap, topic_prefix), truth, topic_prefix)
+    assert {headers(r)["event_id"] for r in records} >= set(ids)
