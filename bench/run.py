@@ -32,11 +32,11 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import aiohttp
 import orjson
@@ -44,6 +44,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ingestor.sim.scenario import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from bench.targets import Targets
 from ingestor.sim.server import serve as serve_sim
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,41 +232,66 @@ async def spawn_ingestor(
     )
 
 
+@dataclass(frozen=True)
+class Timed:
+    """A benchmarked process: exit code, first request -> exit, spawn -> first request, RSS."""
+
+    code: int
+    seconds: float
+    startup_seconds: float
+    peak_rss_mb: float
+
+
+async def time_process(
+    sim: Sim, spawn: Callable[[], Awaitable[asyncio.subprocess.Process]], log_path: Path
+) -> Timed:
+    """Runs `spawn()`'s process to its exit, timed from the simulator's first request (the
+    counters are reset first), and from its spawn to that request; peak RSS polled."""
+    await sim.post("/_sim/counters/reset", {})
+    spawned = time.monotonic()
+    proc = await spawn()
+    first: float | None = None
+    peak = 0.0
+    wait = asyncio.ensure_future(proc.wait())
+    while not wait.done():
+        if first is None and await sim.requests() > 0:
+            first = time.monotonic()
+        peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
+        await asyncio.wait([wait], timeout=0.01 if first is None else 0.5)
+    ended = time.monotonic()
+    code = wait.result()
+    if code != 0:
+        raise RuntimeError(
+            f"{log_path.stem} exited {code}; last log lines:\n" + _log_tail(log_path)
+        )
+    assert first is not None
+    return Timed(code, ended - first, first - spawned, peak)
+
+
 async def run_ingestor(
     sim: Sim, bootstrap: str, prefix: str, log_path: Path, env: Mapping[str, str]
 ) -> IngestorRun:
     """`ingestor run --backfill --once` as a subprocess; timed from the sim's first request,
     and from its spawn to that request (start-up)."""
-    await sim.post("/_sim/counters/reset", {})
     with log_path.open("wb") as log:
-        spawned = time.monotonic()
-        proc = await spawn_ingestor(
-            ["--backfill", "--once"], ingestor_env(sim, bootstrap, prefix, 0, env), log
+        timed = await time_process(
+            sim,
+            lambda: spawn_ingestor(
+                ["--backfill", "--once"], ingestor_env(sim, bootstrap, prefix, 0, env), log
+            ),
+            log_path,
         )
-        first: float | None = None
-        peak = 0.0
-        wait = asyncio.ensure_future(proc.wait())
-        while not wait.done():
-            if first is None and await sim.requests() > 0:
-                first = time.monotonic()
-            peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
-            await asyncio.wait([wait], timeout=0.01 if first is None else 0.5)
-        ended = time.monotonic()
-    code = wait.result()
-    if code != 0:
-        raise RuntimeError(f"ingestor exited {code}; last log lines:\n" + _log_tail(log_path))
-    assert first is not None
     events, unique = await count_committed(bootstrap, prefix)
     return IngestorRun(
-        code,
+        timed.code,
         events,
         unique,
-        ended - first,
-        peak,
+        timed.seconds,
+        timed.peak_rss_mb,
         await sim.list_requests(),
         await sim.requests(),
         await sim.limited(),
-        first - spawned,
+        timed.startup_seconds,
     )
 
 
@@ -566,9 +594,9 @@ def limits_json(runs: LimitRuns) -> dict[str, Any]:
     }
 
 
-def limits_chart(runs: LimitRuns, path: Path) -> bool:
-    """A PNG of each backfill's events/s against its ceiling and target; False without
-    matplotlib (the `bench` extra)."""
+def limits_chart(runs: LimitRuns | None, targets: Targets, path: Path) -> bool:
+    """A PNG of each backfill's events/s against its ceiling (or, CPU-bound, the minimal
+    pipeline's events/s: its floor) and target; False without matplotlib (the `bench` extra)."""
     try:
         import matplotlib  # optional, bench-only dependency
 
@@ -576,19 +604,37 @@ def limits_chart(runs: LimitRuns, path: Path) -> bool:
         import matplotlib.pyplot as plt  # after choosing the backend
     except ImportError:
         return False
-    rows = [
-        (f"v1 backfill, {ENDPOINT_LIMIT:g} req/s per operation", runs.stripe, STRIPE_CEILING, 0.9),
-        (
-            f"{SMALL_EVENTS // 1000}k backfill, {RATE_LIMIT:g} req/s global",
-            runs.small,
-            CEILING,
-            0.8,
-        ),
-    ]
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    for i, (_, run, ceiling, target) in enumerate(rows):
-        ax.barh(i, ceiling, color="#e8e8e8", label="ceiling" if i == 0 else None)
-        ax.barh(i, run.events_per_s, color="#3b6ea8", label="ingestor" if i == 0 else None)
+    rows: list[tuple[str, float, float, float]] = []
+    if runs is not None:
+        rows += [
+            (
+                f"v1 backfill, {ENDPOINT_LIMIT:g} req/s per operation",
+                runs.stripe.events_per_s,
+                STRIPE_CEILING,
+                0.9,
+            ),
+            (
+                f"{SMALL_EVENTS // 1000}k backfill, {RATE_LIMIT:g} req/s global",
+                runs.small.events_per_s,
+                CEILING,
+                0.8,
+            ),
+        ]
+    if targets.cpu is not None:
+        rows.append(
+            (
+                f"CPU-bound {targets.cpu.events // 1000}k backfill\n(grey: minimal pipeline)",
+                targets.cpu.ingestor.events_per_s,
+                targets.cpu.minimal_per_s,
+                1.0,
+            )
+        )
+    if not rows:
+        return True
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 1.0 * len(rows)))
+    for i, (_, value, ceiling, target) in enumerate(rows):
+        ax.barh(i, ceiling, color="#e8e8e8", label="ceiling or floor" if i == 0 else None)
+        ax.barh(i, value, color="#3b6ea8", label="ingestor" if i == 0 else None)
         ax.plot(
             [ceiling * target] * 2,
             [i - 0.4, i + 0.4],
@@ -597,9 +643,9 @@ def limits_chart(runs: LimitRuns, path: Path) -> bool:
             label="target" if i == 0 else None,
         )
         ax.text(
-            run.events_per_s,
+            value,
             i,
-            f" {run.events_per_s:,.0f} ({run.events_per_s / ceiling:.2f})",
+            f" {value:,.0f} ({value / ceiling:.2f})",
             va="center",
         )
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
@@ -611,19 +657,37 @@ def limits_chart(runs: LimitRuns, path: Path) -> bool:
     return True
 
 
+STAGES = ("limits", "cpu", "hydration", "tail", "rss", "throughput")
+
+
 async def bench(args: argparse.Namespace) -> str:
+    # Imported here: bench.targets builds on this module's helpers.
+    from bench.targets import measure_targets, targets_json, targets_lines
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:8]
+    which = set(STAGES) if args.only is None else set(args.only.split(","))
+    if args.only_limits:
+        which = {"limits"}
+    if unknown := which - set(STAGES):
+        raise SystemExit(f"bench: unknown stages {sorted(unknown)}; known: {STAGES}")
     lines: list[str] = []
+    figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
     async with aiohttp.ClientSession() as session:
-        limit_runs = await measure_limits(session, args)
-        lines += [*limits_lines(limit_runs), ""]
-        (RESULTS / "latest.json").write_bytes(
-            orjson.dumps(limits_json(limit_runs), option=orjson.OPT_INDENT_2)
-        )
-        if not limits_chart(limit_runs, RESULTS / "limits.png"):
+        limit_runs: LimitRuns | None = None
+        if "limits" in which:
+            limit_runs = await measure_limits(session, args)
+            lines += [*limits_lines(limit_runs), ""]
+            figures.update(limits_json(limit_runs))
+        targets = await measure_targets(session, args, which)
+        if target_rows := targets_lines(targets):
+            lines += [*target_rows, ""]
+        figures.update(targets_json(targets))
+        figures["load_average_after"] = os.getloadavg()
+        (RESULTS / "latest.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        if not limits_chart(limit_runs, targets, RESULTS / "limits.png"):
             print("bench: no matplotlib (pip install -e '.[bench]'): no chart", flush=True)
-        if args.only_limits:
+        if "throughput" not in which:
             return "\n".join(lines)
         scenario = throughput_scenario(args.events)
         print(f"bench: simulator with {args.events:,} events of history ...", flush=True)
@@ -664,28 +728,6 @@ async def bench(args: argparse.Namespace) -> str:
                 f"tail not exactly once: {tail.records} records, {tail.unique} distinct, "
                 f"{tail.events} in truth"
             )
-        rss: IngestorRun | None = None
-        if not args.skip_rss:
-            scenario_1m = load_scenario("backfill_1m")
-            print(f"bench: 1M backfill ({scenario_1m.history_events:,} events) ...", flush=True)
-            sim = await start_sim(scenario_1m, 11, session)
-            try:
-                truth_1m = (await sim.get("/_sim/config"))["events"]
-                rss = await run_ingestor(
-                    sim,
-                    args.bootstrap,
-                    f"bench1m{run_id}",
-                    RESULTS / "rss_1m.log",
-                    {"STRIPE_RATE_LIMIT": "1000", "INGESTOR_STRIPE__ENDPOINT_RATE_LIMIT": "1000"},
-                )
-            finally:
-                stop_sim(sim)
-            if rss.events != truth_1m or rss.unique != truth_1m:
-                raise RuntimeError(
-                    f"1M run not exactly once: {rss.events} records, {rss.unique} distinct, "
-                    f"{truth_1m} in truth"
-                )
-
     lines += [
         "| figure | events/s | vs. ceiling | vs. floor |",
         "|---|---:|---:|---:|",
@@ -708,13 +750,6 @@ async def bench(args: argparse.Namespace) -> str:
         f"{tail.events_per_s / floor:.1f}x the floor); event lag at commit p50 <= "
         f"{tail.lag_p50:g} s, p99 <= {tail.lag_p99:g} s (histogram buckets).",
     ]
-    if rss is not None:
-        lines.append("")
-        lines.append(
-            f"1M-event backfill (`backfill_1m.toml`, v1+v2, no latency, budget 1000 req/s): "
-            f"peak RSS **{rss.peak_rss_mb:.0f} MB** (limit 400 MB), {rss.events:,} events "
-            f"exactly once in {rss.seconds:.1f} s ({rss.events_per_s:,.0f} events/s)."
-        )
     lines += [
         "",
         f"Conditions: simulator in its own process, {LATENCY_MS[0]:g}-{LATENCY_MS[1]:g} ms "
@@ -737,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only-limits", action="store_true", help="only the runs under Stripe's limits"
     )
+    parser.add_argument("--only", help=f"comma-separated stages to run, of {','.join(STAGES)}")
     parser.add_argument("--tail-rate", type=float, default=3000.0, help="live events/s")
     parser.add_argument("--tail-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)

@@ -1,0 +1,436 @@
+"""`make bench`'s other issue-10 targets: CPU-bound vs a minimal pipeline, hydration, tail, RSS.
+
+- cpu: the ingestor's backfill with no latency and no limit against `bench.minimal` (one
+  sequential cursor, plain produce, no dedupe/state/transactions) on the same simulator and data,
+  both as subprocesses timed from their first request to their exit: ratio >= 1.0.
+- hydration: a v2-only backfill of thin events whose related objects have 5 events each on
+  average; every API request (list pages and retrieves) per thin event: <= 0.35.
+- tail: `ingestor run` while the simulator creates 500 events/s; a read_committed consumer in
+  the bench process notes when each event id becomes readable, against the time the simulator
+  made it visible: p99 <= poll interval + 300 ms.
+- rss: peak RSS (VmHWM) of a 100k and a 1M backfill: <= 250 MB and <= 400 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bench.run import (
+    RESULTS,
+    ROOT,
+    IngestorRun,
+    Sim,
+    _free_port,
+    _log_tail,
+    ingestor_env,
+    run_ingestor,
+    spawn_ingestor,
+    start_sim,
+    stop_sim,
+    time_process,
+)
+from ingestor.sim.scenario import Scenario, load_scenario
+
+CPU_EVENTS = 100_000
+# No limit on either side: what is measured is CPU, not the budget.
+UNLIMITED = {
+    "STRIPE_RATE_LIMIT": "100000",
+    "INGESTOR_STRIPE__ENDPOINT_RATE_LIMIT": "100000",
+    "INGESTOR_STRIPE__CONCURRENCY_LIMIT": "1000",
+    "INGESTOR_STRIPE__ENDPOINT_CONCURRENCY_LIMIT": "1000",
+    "INGESTOR_STRIPE__V2": "false",
+}
+HYDRATION_EVENTS = 5_000
+EVENTS_PER_OBJECT = 5.0
+TAIL_RATE = 500.0
+TAIL_SECONDS = 30.0
+TAIL_WARMUP_SECONDS = 5.0
+POLL_INTERVAL = 1.0  # TailConfig's default, which the run uses
+RSS_SMALL_EVENTS = 100_000
+
+
+def cpu_scenario(events: int) -> Scenario:
+    """v1 events over 29 days on the platform stream, no latency, no limit."""
+    return dataclasses.replace(
+        load_scenario("bench"),
+        history_events=events,
+        history_span_seconds=29 * 86400.0,
+        history_bursts=2,
+        burst_size=500,
+        live_rate=0.0,
+        v2_share=0.0,
+        rate_limit=0.0,
+        endpoint_rate_limit=0.0,
+        latency_min_ms=0.0,
+        latency_max_ms=0.0,
+    )
+
+
+@dataclass(frozen=True)
+class CpuRun:
+    events: int
+    ingestor: IngestorRun
+    minimal_seconds: float
+    minimal_events: int
+
+    @property
+    def minimal_per_s(self) -> float:
+        return self.minimal_events / self.minimal_seconds
+
+    @property
+    def ratio(self) -> float:
+        return self.ingestor.events_per_s / self.minimal_per_s
+
+
+async def topic_records(bootstrap: str, topic: str) -> int:
+    """Records in `topic` (sum of its partitions' end offsets)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    tps = [TopicPartition(topic, p["partition"]) for d in described for p in d["partitions"]]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        end = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return sum(end.values())
+
+
+async def measure_cpu(session: aiohttp.ClientSession, bootstrap: str, events: int) -> CpuRun:
+    """The minimal pipeline, then the ingestor, against one simulator (same data)."""
+    print(f"bench: CPU-bound, {events:,} events: minimal pipeline, then ingestor ...", flush=True)
+    sim = await start_sim(cpu_scenario(events), 17, session)
+    try:
+        truth: int = (await sim.get("/_sim/config"))["events"]
+        topic = f"benchmin{uuid.uuid4().hex[:8]}"
+        log_path = RESULTS / "cpu_minimal.log"
+        with log_path.open("wb") as log:
+            timed = await time_process(
+                sim,
+                lambda: asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bench.minimal",
+                    sim.url,
+                    bootstrap,
+                    topic,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                ),
+                log_path,
+            )
+        minimal_events = await topic_records(bootstrap, topic)
+        run = await run_ingestor(
+            sim, bootstrap, f"benchcpu{uuid.uuid4().hex[:8]}", RESULTS / "cpu.log", UNLIMITED
+        )
+    finally:
+        stop_sim(sim)
+    if run.events != truth or run.unique != truth or minimal_events != truth:
+        raise RuntimeError(
+            f"cpu: {run.events} records, {run.unique} distinct, minimal {minimal_events}, "
+            f"{truth} in truth"
+        )
+    return CpuRun(truth, run, timed.seconds, minimal_events)
+
+
+def hydration_scenario(events: int) -> Scenario:
+    """Thin events only, over the last day, each object with EVENTS_PER_OBJECT on average."""
+    return dataclasses.replace(
+        load_scenario("bench"),
+        history_events=events,
+        history_span_seconds=86400.0,
+        history_bursts=0,
+        live_rate=0.0,
+        v2_share=1.0,
+        events_per_object=EVENTS_PER_OBJECT,
+        rate_limit=100.0,
+        endpoint_rate_limit=0.0,
+        latency_min_ms=50.0,
+        latency_max_ms=150.0,
+    )
+
+
+@dataclass(frozen=True)
+class HydrationRun:
+    events: int
+    objects: int
+    list_requests: int
+    requests: int
+    seconds: float
+
+    @property
+    def per_event(self) -> float:
+        return self.requests / self.events
+
+
+async def measure_hydration(session: aiohttp.ClientSession, bootstrap: str) -> HydrationRun:
+    """A v2-only backfill: requests (lists and retrieves) per thin event."""
+    print(f"bench: hydration, {HYDRATION_EVENTS:,} thin events ...", flush=True)
+    sim = await start_sim(hydration_scenario(HYDRATION_EVENTS), 19, session)
+    try:
+        truth = (await sim.get("/_sim/truth"))["events"]
+        objects = len({e["object_id"] for e in truth if e["object_id"]})
+        run = await run_ingestor(
+            sim,
+            bootstrap,
+            f"benchhyd{uuid.uuid4().hex[:8]}",
+            RESULTS / "hydration.log",
+            {
+                "INGESTOR_STRIPE__V1": "false",
+                "INGESTOR_STRIPE__V2": "true",
+                "INGESTOR_STRIPE__ENDPOINT_RATE_LIMIT": "100",
+            },
+        )
+    finally:
+        stop_sim(sim)
+    if run.events != len(truth) or run.unique != len(truth):
+        raise RuntimeError(f"hydration: {run.events} records, {run.unique} of {len(truth)}")
+    return HydrationRun(len(truth), objects, run.list_requests, run.requests, run.seconds)
+
+
+def tail_scenario() -> Scenario:
+    """A quiet account (100 events of history) until the run turns on live traffic."""
+    return dataclasses.replace(
+        load_scenario("bench"),
+        history_events=100,
+        history_bursts=0,
+        live_rate=0.0,
+        v2_share=0.0,
+        accounts=(),
+        late_share=0.0,
+        rate_limit=100.0,
+        endpoint_rate_limit=0.0,
+        latency_min_ms=50.0,
+        latency_max_ms=150.0,
+    )
+
+
+@dataclass(frozen=True)
+class TailLatency:
+    rate: float
+    events: int
+    measured: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _watch(
+    bootstrap: str, prefix: str, seen: dict[bytes, float], stop: asyncio.Event
+) -> None:
+    """Notes the wall time (ms) each event id first becomes readable (read_committed)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,
+        metadata_max_age_ms=200,
+    )
+    await consumer.start()
+    try:
+        consumer.subscribe(pattern=rf"^{re.escape(prefix)}\.(?!_ingestor_state).*")
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=50, max_records=10_000)
+            now = time.time() * 1000
+            for messages in batches.values():
+                for m in messages:
+                    key = next(v for k, v in m.headers if k == "event_id")
+                    seen.setdefault(key, now)
+    finally:
+        await consumer.stop()
+
+
+async def measure_tail_latency(sim: Sim, bootstrap: str, log_path: Path) -> TailLatency:
+    """Visible in the API -> readable committed, per event, after a warm-up."""
+    prefix = f"benchlat{uuid.uuid4().hex[:8]}"
+    http_port = _free_port()
+    env = ingestor_env(sim, bootstrap, prefix, http_port, {"INGESTOR_STRIPE__V2": "false"})
+    seen: dict[bytes, float] = {}
+    stop = asyncio.Event()
+    with log_path.open("wb") as log:
+        proc = await spawn_ingestor([], env, log)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                watcher = tg.create_task(_watch(bootstrap, prefix, seen, stop))
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        async with sim.session.get(f"http://127.0.0.1:{http_port}/readyz") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    if time.monotonic() > deadline or proc.returncode is not None:
+                        raise RuntimeError("tail never became ready:\n" + _log_tail(log_path))
+                    await asyncio.sleep(0.2)
+                started_ms = time.time() * 1000
+                await sim.post("/_sim/config", {"live_rate": TAIL_RATE})
+                await asyncio.sleep(TAIL_SECONDS)
+                await sim.post("/_sim/config", {"live_rate": 0.0})
+                truth = [
+                    e
+                    for e in (await sim.get("/_sim/truth"))["events"]
+                    if e["created_ms"] >= started_ms
+                ]
+                wait_until = time.monotonic() + 60
+                while sum(1 for e in truth if e["id"].encode() in seen) < len(truth):
+                    if time.monotonic() > wait_until or watcher.done():
+                        break
+                    await asyncio.sleep(0.2)
+                stop.set()
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            await proc.wait()
+    missing = [e["id"] for e in truth if e["id"].encode() not in seen]
+    if missing:
+        raise RuntimeError(f"tail: {len(missing)} of {len(truth)} events never committed")
+    warm = started_ms + TAIL_WARMUP_SECONDS * 1000
+    lags = [seen[e["id"].encode()] - e["visible_ms"] for e in truth if e["visible_ms"] >= warm]
+    return TailLatency(
+        TAIL_RATE, len(truth), len(lags), _pct(lags, 0.5), _pct(lags, 0.99), max(lags)
+    )
+
+
+async def measure_tail(session: aiohttp.ClientSession, bootstrap: str) -> TailLatency:
+    print(f"bench: live tail at {TAIL_RATE:g} events/s, {TAIL_SECONDS:g} s ...", flush=True)
+    sim = await start_sim(tail_scenario(), 23, session)
+    try:
+        return await measure_tail_latency(sim, bootstrap, RESULTS / "tail_latency.log")
+    finally:
+        stop_sim(sim)
+
+
+async def measure_rss(
+    session: aiohttp.ClientSession, bootstrap: str, events: int | None
+) -> IngestorRun:
+    """Peak RSS of a backfill of `backfill_1m.toml` (or of its first `events` events)."""
+    scenario = load_scenario("backfill_1m")
+    if events is not None:
+        scenario = dataclasses.replace(scenario, history_events=events)
+    print(f"bench: RSS of a {scenario.history_events:,}-event backfill ...", flush=True)
+    sim = await start_sim(scenario, 11, session)
+    try:
+        truth = (await sim.get("/_sim/config"))["events"]
+        run = await run_ingestor(
+            sim,
+            bootstrap,
+            f"benchrss{uuid.uuid4().hex[:8]}",
+            RESULTS / f"rss_{scenario.history_events}.log",
+            {"STRIPE_RATE_LIMIT": "1000", "INGESTOR_STRIPE__ENDPOINT_RATE_LIMIT": "1000"},
+        )
+    finally:
+        stop_sim(sim)
+    if run.events != truth or run.unique != truth:
+        raise RuntimeError(f"rss: {run.events} records, {run.unique} distinct, {truth} in truth")
+    return run
+
+
+@dataclass
+class Targets:
+    cpu: CpuRun | None = None
+    hydration: HydrationRun | None = None
+    tail: TailLatency | None = None
+    rss: dict[int, IngestorRun] = dataclasses.field(default_factory=dict)
+
+
+async def measure_targets(
+    session: aiohttp.ClientSession, args: argparse.Namespace, which: set[str]
+) -> Targets:
+    t = Targets()
+    if "cpu" in which:
+        t.cpu = await measure_cpu(session, args.bootstrap, CPU_EVENTS)
+    if "hydration" in which:
+        t.hydration = await measure_hydration(session, args.bootstrap)
+    if "tail" in which:
+        t.tail = await measure_tail(session, args.bootstrap)
+    if "rss" in which:
+        t.rss[RSS_SMALL_EVENTS] = await measure_rss(session, args.bootstrap, RSS_SMALL_EVENTS)
+        if not args.skip_rss:
+            big = await measure_rss(session, args.bootstrap, None)
+            t.rss[big.events] = big
+    return t
+
+
+def targets_lines(t: Targets) -> list[str]:
+    rows = ["| figure | target | measured |", "|---|---|---|"]
+    if t.cpu is not None:
+        c = t.cpu
+        rows.append(
+            f"| CPU-bound backfill ({c.events // 1000}k v1 events, no latency, no limit) vs a "
+            f"minimal pipeline on the same data | >= 1.0 | **{c.ratio:.2f}** "
+            f"({c.ingestor.events_per_s:,.0f} vs {c.minimal_per_s:,.0f} events/s) |"
+        )
+    if t.hydration is not None:
+        h = t.hydration
+        rows.append(
+            f"| API requests per thin event ({h.events:,} events, {h.events / h.objects:.1f} "
+            f"per related object) | <= 0.35 | **{h.per_event:.2f}** ({h.requests:,} requests: "
+            f"{h.list_requests} list pages; floor {(h.objects + h.list_requests) / h.events:.2f}"
+            " = one retrieve per object) |"
+        )
+    if t.tail is not None:
+        lat = t.tail
+        rows.append(
+            f"| live tail at {lat.rate:g} events/s: visible in the API -> committed, p99 | "
+            f"<= {POLL_INTERVAL * 1000 + 300:,.0f} ms (poll {POLL_INTERVAL:g} s + 300 ms) | "
+            f"**{lat.p99_ms:,.0f} ms** (p50 {lat.p50_ms:,.0f}, max {lat.max_ms:,.0f}; "
+            f"{lat.measured:,} of {lat.events:,} events, after {TAIL_WARMUP_SECONDS:g} s) |"
+        )
+    for events, run in sorted(t.rss.items()):
+        limit = 250 if events <= RSS_SMALL_EVENTS else 400
+        rows.append(
+            f"| peak RSS, {events:,}-event backfill | <= {limit} MB | "
+            f"**{run.peak_rss_mb:.0f} MB** ({run.events_per_s:,.0f} events/s) |"
+        )
+    return rows
+
+
+def targets_json(t: Targets) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if t.cpu is not None:
+        out["cpu_bound"] = {
+            "events": t.cpu.events,
+            "ingestor_events_per_s": t.cpu.ingestor.events_per_s,
+            "minimal_events_per_s": t.cpu.minimal_per_s,
+            "ratio": t.cpu.ratio,
+        }
+    if t.hydration is not None:
+        h = t.hydration
+        out["hydration"] = {
+            "events": h.events,
+            "objects": h.objects,
+            "requests": h.requests,
+            "list_requests": h.list_requests,
+            "requests_per_event": h.per_event,
+        }
+    if t.tail is not None:
+        out["tail_latency_ms"] = dataclasses.asdict(t.tail)
+    if t.rss:
+        out["peak_rss_mb"] = {str(k): v.peak_rss_mb for k, v in t.rss.items()}
+    return out
