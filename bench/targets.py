@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.run import (
     RESULTS,
@@ -113,6 +113,17 @@ async def topic_records(bootstrap: str, topic: str) -> int:
     return sum(end.values())
 
 
+async def create_topic(bootstrap: str, topic: str) -> None:
+    """The minimal pipeline's topic, with the ingestor's benchmark partitions (the broker does
+    not create topics on first use); made before its clock starts, as the ingestor's are not."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
 async def measure_cpu(session: aiohttp.ClientSession, bootstrap: str, events: int) -> CpuRun:
     """The minimal pipeline, then the ingestor, against one simulator (same data)."""
     print(f"bench: CPU-bound, {events:,} events: minimal pipeline, then ingestor ...", flush=True)
@@ -120,6 +131,7 @@ async def measure_cpu(session: aiohttp.ClientSession, bootstrap: str, events: in
     try:
         truth: int = (await sim.get("/_sim/config"))["events"]
         topic = f"benchmin{uuid.uuid4().hex[:8]}"
+        await create_topic(bootstrap, topic)
         log_path = RESULTS / "cpu_minimal.log"
         with log_path.open("wb") as log:
             timed = await time_process(
