@@ -28,6 +28,7 @@ import dataclasses
 import multiprocessing
 import os
 import re
+import resource
 import socket
 import sys
 import time
@@ -162,6 +163,7 @@ class IngestorRun:
     requests: int
     limited: int = 0
     startup_seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     @property
     def events_per_s(self) -> float:
@@ -213,11 +215,14 @@ async def spawn_ingestor(
     flags: list[str], env: Mapping[str, str], log: BinaryIO
 ) -> asyncio.subprocess.Process:
     """`python -m ingestor run FLAGS` with its output in `log`; under py-spy (a flame graph
-    next to the log) when BENCH_PROFILE is set."""
+    next to the log; BENCH_PROFILE=raw: collapsed stacks) when BENCH_PROFILE is set."""
     profile: list[str] = []
-    if os.environ.get("BENCH_PROFILE"):
-        svg = Path(log.name).with_suffix(".svg")
-        profile = [str(Path(sys.executable).parent / "py-spy"), "record", "-o", str(svg), "--"]
+    if mode := os.environ.get("BENCH_PROFILE"):
+        # "raw": collapsed stacks (one line per stack and its sample count), to sum up by frame.
+        fmt = ["--format", "raw"] if mode == "raw" else []
+        out = Path(log.name).with_suffix(".txt" if fmt else ".svg")
+        profile = [str(Path(sys.executable).parent / "py-spy"), "record", *fmt, "-o", str(out)]
+        profile.append("--")
     return await asyncio.create_subprocess_exec(
         *profile,
         sys.executable,
@@ -240,6 +245,7 @@ class Timed:
     seconds: float
     startup_seconds: float
     peak_rss_mb: float
+    cpu_seconds: float
 
 
 async def time_process(
@@ -248,6 +254,9 @@ async def time_process(
     """Runs `spawn()`'s process to its exit, timed from the simulator's first request (the
     counters are reset first), and from its spawn to that request; peak RSS polled."""
     await sim.post("/_sim/counters/reset", {})
+    # CPU time of reaped children: the process once it exits (the simulator lives on). Less
+    # noisy than wall time on a shared machine.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     spawned = time.monotonic()
     proc = await spawn()
     first: float | None = None
@@ -259,13 +268,15 @@ async def time_process(
         peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
         await asyncio.wait([wait], timeout=0.01 if first is None else 0.5)
     ended = time.monotonic()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     code = wait.result()
     if code != 0:
         raise RuntimeError(
             f"{log_path.stem} exited {code}; last log lines:\n" + _log_tail(log_path)
         )
     assert first is not None
-    return Timed(code, ended - first, first - spawned, peak)
+    return Timed(code, ended - first, first - spawned, peak, cpu)
 
 
 async def run_ingestor(
@@ -292,6 +303,7 @@ async def run_ingestor(
         await sim.requests(),
         await sim.limited(),
         timed.startup_seconds,
+        timed.cpu_seconds,
     )
 
 
