@@ -139,6 +139,11 @@ class Backfiller(Generic[T]):
     new slices sized by the observed density, so a busy day fans out over more concurrent
     cursors instead of crawling through one. A rest expected to hold less than that many
     pages is read through instead: splitting it would only add partial pages.
+
+    With `eager_split`, a slice may split after its first full page already: for a plan of one
+    slice over a range of unknown density (a catch-up), whose first request tells that
+    density, so a quiet range costs one request instead of one per slice, and a busy one fans
+    out one round trip later.
     """
 
     def __init__(
@@ -151,6 +156,7 @@ class Backfiller(Generic[T]):
         max_buffered_events: int,
         split_after_pages: int = 8,
         page_size: int = 100,
+        eager_split: bool = False,
     ) -> None:
         self.plan = plan
         self._fetch = fetch
@@ -159,6 +165,7 @@ class Backfiller(Generic[T]):
         self._max_buffered = max_buffered_events
         self._split_after = split_after_pages
         self._page_size = page_size
+        self._first_split = 1 if eager_split else split_after_pages
         self._changed = asyncio.Event()
         self.stats = BackfillStats()
 
@@ -210,7 +217,7 @@ class Backfiller(Generic[T]):
                 self.stats.pages += 1
                 events.extend(page)
                 if (
-                    pages >= self._split_after
+                    pages >= self._first_split
                     and len(page) >= self._page_size
                     and self._try_split(s, events)
                 ):

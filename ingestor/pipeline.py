@@ -351,7 +351,10 @@ class Pipeline:
             await self._enqueue(rt, items, "tail", items, newest)
 
         with rt.reading(lo):
-            stats = await self._read_sliced(rt, lo, hi, "tail", emit)
+            # A catch-up's density is unknown (often a quiet stretch after a backfill); a busy
+            # poll's is known to be high and its latency counts, so it fans out at once.
+            probe = min_gap_ms >= CATCH_UP_MIN_GAP_MS
+            stats = await self._read_sliced(rt, lo, hi, "tail", emit, probe=probe)
         rt.set_read_through(started - 1000)
         self._unpark(rt)
         (log.info if min_gap_ms >= CATCH_UP_MIN_GAP_MS else log.debug)(
@@ -697,13 +700,18 @@ class Pipeline:
         emit: Callable[[Slice[Routed]], Awaitable[None]],
         *,
         report: bool = False,
+        probe: bool = False,
     ) -> BackfillStats:
-        """Reads [lo, hi) in concurrent slices and hands them to `emit` oldest first."""
+        """Reads [lo, hi) in concurrent slices and hands them to `emit` oldest first; `probe`
+        starts with one slice that splits by the density its first page shows (a catch-up
+        holding a few events then costs one request, not one per initial slice)."""
         p = rt.stream
         g = rt.granularity_ms
         b = self.cfg.backfill
         # Enough initial slices to use the concurrency at once, none wider than slice_seconds.
         width = max(g, min(b.slice_seconds * 1000, -(-(hi - lo) // b.concurrency)))
+        if probe:
+            width = max(g, hi - lo)
         plan = SlicePlan[Routed].build(lo, hi, width, g)
         requested: set[str] = set()  # topics whose creation a fetch already started
 
@@ -735,6 +743,7 @@ class Pipeline:
             emit,
             concurrency=self.cfg.backfill.concurrency,
             max_buffered_events=self.cfg.backfill.max_buffered_events,
+            eager_split=probe,
         )
         async with asyncio.TaskGroup() as warm:
             if not report:

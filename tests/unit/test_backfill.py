@@ -8,6 +8,8 @@ import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import pytest
+
 from ingestor.backfill import Backfiller, Slice, SlicePlan
 
 
@@ -65,7 +67,13 @@ def test_split_keeps_the_cover_gap_free_and_ordered() -> None:
 
 
 async def run_backfill(
-    items: list[Item], *, slice_ms: int, page_size: int, concurrency: int, buffer: int
+    items: list[Item],
+    *,
+    slice_ms: int,
+    page_size: int,
+    concurrency: int,
+    buffer: int,
+    eager_split: bool = False,
 ) -> tuple[list[Item], list[tuple[int, int]], int, Backfiller[Item]]:
     span_hi = max(i.created_ms for i in items) + 1000
     plan = SlicePlan[Item].build(0, span_hi, slice_ms, 1000)
@@ -87,6 +95,7 @@ async def run_backfill(
         max_buffered_events=buffer,
         split_after_pages=2,
         page_size=page_size,
+        eager_split=eager_split,
     )
     await bf.run()
     return emitted, calls, peak, bf
@@ -150,3 +159,56 @@ async def test_a_slice_with_little_left_is_read_through_instead_of_split() -> No
     assert small.stats.splits == 0
     assert small.stats.pages == 3  # ceil(55 / 20): no partial page beyond the last one
     assert len(calls) == 1
+
+
+async def test_an_eager_probe_reads_a_quiet_range_in_one_request() -> None:
+    """One slice over a range with less than a page: one request, not one per slice."""
+    items = [Item(f"q{i}", i * 30_000) for i in range(7)]
+    emitted, calls, _, bf = await run_backfill(
+        items, slice_ms=10_000_000, page_size=20, concurrency=12, buffer=10_000, eager_split=True
+    )
+    assert [i.id for i in emitted] == [f"q{i}" for i in range(7)]
+    assert len(calls) == 1
+    assert bf.stats.splits == 0
+
+
+@pytest.mark.parametrize(("eager", "first_walk_pages"), [(True, 1), (False, 2)])
+async def test_an_eager_probe_fans_a_dense_range_out_after_its_first_page(
+    eager: bool, first_walk_pages: int
+) -> None:
+    """A dense single-slice range splits after page one with `eager_split` (after
+    `split_after_pages` without), keeps that page, and still emits every event once, oldest
+    first."""
+    items = history(3, 2000, 3600_000, bursts=[(900, 60)])
+    pages: list[int] = []
+    inner = fake_fetch(items, 20, [])
+
+    async def fetch(lo: int, hi: int) -> AsyncIterator[list[Item]]:
+        pages.append(0)
+        walk = len(pages) - 1
+        async for page in inner(lo, hi):
+            pages[walk] += 1
+            yield page
+
+    emitted: list[Item] = []
+
+    async def emit(s: Slice[Item]) -> None:
+        emitted.extend(s.events or [])
+
+    bf = Backfiller(
+        SlicePlan[Item].build(0, 3600_000, 10_000_000, 1000),
+        fetch,
+        emit,
+        concurrency=6,
+        max_buffered_events=10_000,
+        split_after_pages=2,
+        page_size=20,
+        eager_split=eager,
+    )
+    await bf.run()
+    assert pages[0] == first_walk_pages
+    assert bf.stats.splits > 0
+    assert sorted(i.id for i in emitted) == sorted(i.id for i in items)
+    assert len(emitted) == len(items)
+    created = [i.created_ms for i in emitted]
+    assert created == sorted(created)
