@@ -420,7 +420,7 @@ def targets_lines(t: Targets) -> list[str]:
             f"| peak RSS, {events:,}-event backfill | <= {limit} MB | "
             f"**{run.peak_rss_mb:.0f} MB** ({run.events_per_s:,.0f} events/s) |"
         )
-    return rows
+    return rows if len(rows) > 2 else []
 
 
 def targets_json(t: Targets) -> dict[str, Any]:
