@@ -593,6 +593,7 @@ def limits_json(runs: LimitRuns) -> dict[str, Any]:
             "requests": s.requests,
             "limited": s.limited,
             "limited_share": s.limited_share,
+            "cpu_seconds": s.cpu_seconds,
         },
         "small_backfill": {
             "events": m.events,
@@ -601,6 +602,7 @@ def limits_json(runs: LimitRuns) -> dict[str, Any]:
             "ceiling": CEILING,
             "fraction": m.events_per_s / CEILING,
             "pages": m.list_requests,
+            "cpu_seconds": m.cpu_seconds,
         },
         "startup_seconds": min(s.startup_seconds, m.startup_seconds),
     }

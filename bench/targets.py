@@ -85,6 +85,7 @@ class CpuRun:
     ingestor: IngestorRun
     minimal_seconds: float
     minimal_events: int
+    minimal_cpu_seconds: float
 
     @property
     def minimal_per_s(self) -> float:
@@ -160,7 +161,7 @@ async def measure_cpu(session: aiohttp.ClientSession, bootstrap: str, events: in
             f"cpu: {run.events} records, {run.unique} distinct, minimal {minimal_events}, "
             f"{truth} in truth"
         )
-    return CpuRun(truth, run, timed.seconds, minimal_events)
+    return CpuRun(truth, run, timed.seconds, minimal_events, timed.cpu_seconds)
 
 
 def hydration_scenario(events: int) -> Scenario:
@@ -243,6 +244,7 @@ class TailLatency:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    list_per_s: float  # list requests per second while the traffic ran
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -301,9 +303,11 @@ async def measure_tail_latency(sim: Sim, bootstrap: str, log_path: Path) -> Tail
                         raise RuntimeError("tail never became ready:\n" + _log_tail(log_path))
                     await asyncio.sleep(0.2)
                 started_ms = time.time() * 1000
+                lists = await sim.list_requests()
                 await sim.post("/_sim/config", {"live_rate": TAIL_RATE})
                 await asyncio.sleep(TAIL_SECONDS)
                 await sim.post("/_sim/config", {"live_rate": 0.0})
+                list_per_s = (await sim.list_requests() - lists) / TAIL_SECONDS
                 truth = [
                     e
                     for e in (await sim.get("/_sim/truth"))["events"]
@@ -325,7 +329,7 @@ async def measure_tail_latency(sim: Sim, bootstrap: str, log_path: Path) -> Tail
     warm = started_ms + TAIL_WARMUP_SECONDS * 1000
     lags = [seen[e["id"].encode()] - e["visible_ms"] for e in truth if e["visible_ms"] >= warm]
     return TailLatency(
-        TAIL_RATE, len(truth), len(lags), _pct(lags, 0.5), _pct(lags, 0.99), max(lags)
+        TAIL_RATE, len(truth), len(lags), _pct(lags, 0.5), _pct(lags, 0.99), max(lags), list_per_s
     )
 
 
@@ -396,7 +400,9 @@ def targets_lines(t: Targets) -> list[str]:
         rows.append(
             f"| CPU-bound backfill ({c.events // 1000}k v1 events, no latency, no limit) vs a "
             f"minimal pipeline on the same data | >= 1.0 | **{c.ratio:.2f}** "
-            f"({c.ingestor.events_per_s:,.0f} vs {c.minimal_per_s:,.0f} events/s) |"
+            f"({c.ingestor.events_per_s:,.0f} vs {c.minimal_per_s:,.0f} events/s; CPU "
+            f"{c.ingestor.cpu_seconds * 1e6 / c.events:.0f} vs "
+            f"{c.minimal_cpu_seconds * 1e6 / c.events:.0f} us/event) |"
         )
     if t.hydration is not None:
         h = t.hydration
@@ -412,7 +418,8 @@ def targets_lines(t: Targets) -> list[str]:
             f"| live tail at {lat.rate:g} events/s: visible in the API -> committed, p99 | "
             f"<= {POLL_INTERVAL * 1000 + 300:,.0f} ms (poll {POLL_INTERVAL:g} s + 300 ms) | "
             f"**{lat.p99_ms:,.0f} ms** (p50 {lat.p50_ms:,.0f}, max {lat.max_ms:,.0f}; "
-            f"{lat.measured:,} of {lat.events:,} events, after {TAIL_WARMUP_SECONDS:g} s) |"
+            f"{lat.measured:,} of {lat.events:,} events after {TAIL_WARMUP_SECONDS:g} s; "
+            f"{lat.list_per_s:.0f} list requests/s) |"
         )
     for events, run in sorted(t.rss.items()):
         limit = 250 if events <= RSS_SMALL_EVENTS else 400
@@ -430,6 +437,8 @@ def targets_json(t: Targets) -> dict[str, Any]:
             "events": t.cpu.events,
             "ingestor_events_per_s": t.cpu.ingestor.events_per_s,
             "minimal_events_per_s": t.cpu.minimal_per_s,
+            "ingestor_cpu_seconds": t.cpu.ingestor.cpu_seconds,
+            "minimal_cpu_seconds": t.cpu.minimal_cpu_seconds,
             "ratio": t.cpu.ratio,
         }
     if t.hydration is not None:
