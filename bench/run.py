@@ -14,9 +14,14 @@ real broker, exactly once:
 - start: process start (spawn) -> the simulator's first request.
 - ingestor: events committed (counted back with a read_committed consumer, each id exactly
   once) / wall time from the simulator's first request to the process's exit.
-- memory: peak RSS (VmHWM from /proc) of the ingestor backfilling `backfill_1m.toml`.
+- CPU-bound vs a minimal pipeline, API requests per thin event, the live tail's visible ->
+  committed p99, peak RSS (VmHWM from /proc) of a 100k and a 1M backfill: `bench/targets.py`.
+- CPU seconds of each benchmarked process (its rusage once reaped): steadier than wall time
+  when other work shares the cores.
 
-The results table goes to stdout and to `bench/results/latest.md`, the figures to
+`--only STAGE,...` runs some stages (limits, cpu, hydration, tail, rss, throughput);
+`--skip-rss` leaves out the 1M backfill. The results table goes to stdout and to
+`bench/results/latest.md`, the figures (with the load average before and after) to
 `bench/results/latest.json` (both git-ignored).
 """
 
