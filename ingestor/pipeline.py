@@ -745,15 +745,23 @@ class Pipeline:
             max_buffered_events=self.cfg.backfill.max_buffered_events,
             eager_split=probe,
         )
-        async with asyncio.TaskGroup() as warm:
-            if not report:
+        try:
+            async with asyncio.TaskGroup() as warm:
+                if not report:
+                    await _retrying(backfiller.run, mode)
+                    return backfiller.stats
+                start = rt.backfill.start_ms if rt.backfill is not None else lo
+                reporter = ProgressReporter(backfiller, p.key, start_ms=start, end_ms=hi)
+                progress = warm.create_task(reporter.run())
                 await _retrying(backfiller.run, mode)
-                return backfiller.stats
-            start = rt.backfill.start_ms if rt.backfill is not None else lo
-            reporter = ProgressReporter(backfiller, p.key, start_ms=start, end_ms=hi)
-            progress = warm.create_task(reporter.run())
-            await _retrying(backfiller.run, mode)
-            progress.cancel()
+                progress.cancel()
+        except BaseExceptionGroup as group:
+            # Warm-ups raise nothing (Kafka faults are left to the commit), so without the
+            # progress task a group holds only the read's own error: raised bare, as before
+            # the warm-ups (a tail poll's retry looks for the error itself).
+            if report or len(group.exceptions) != 1:
+                raise
+            raise group.exceptions[0]  # noqa: B904 (a "from" would replace its own cause)
         return backfiller.stats
 
     async def _warm_topics(self, topics: set[str]) -> None:
