@@ -57,6 +57,8 @@ class StripeConfig:
     concurrency_limit: int = 50
     endpoint_concurrency_limit: int = 25
     accounts: tuple[str, ...] = ()
+    # With accounts = "all": seconds between rescans of GET /v1/accounts.
+    accounts_rescan_seconds: float = 300.0
     v1: bool = True
     v2: bool = True
     types: tuple[str, ...] = ()
@@ -135,6 +137,9 @@ class TailConfig:
     sweep_interval_seconds: float = 60.0
     sweep_budget_share: float = 0.10
     batch_max_events: int = 2000
+    # Share of each limiter's rate that idle streams' polls may use together; it sets how
+    # far an idle stream's poll interval may grow (streams / (share x rate)).
+    idle_budget_share: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +520,10 @@ def validate(config: Config) -> None:
         raise ConfigError("tail.poll_interval", "expected positive durations")
     if not 0 < t.sweep_budget_share <= 1:
         raise ConfigError("tail.sweep_budget_share", "expected a share in (0, 1]")
+    if not 0 < t.idle_budget_share <= 1:
+        raise ConfigError("tail.idle_budget_share", "expected a share in (0, 1]")
+    if s.accounts_rescan_seconds <= 0:
+        raise ConfigError("stripe.accounts_rescan_seconds", "expected a positive number of seconds")
     if t.batch_max_events < 1:
         raise ConfigError("tail.batch_max_events", "expected >= 1")
     if config.hydrate.concurrency < 1 or config.hydrate.max_attempts < 1:

@@ -83,10 +83,14 @@ class WebhookIntake:
 
     def __init__(self, config: Config, streams: Iterable[Stream], stop: asyncio.Event) -> None:
         self._cfg = config
-        self._streams = frozenset(streams)
+        self._streams = set(streams)
         self._stop = stop
         self._timeout = config.webhook.ack_timeout_seconds
         self.generation: Generation | None = None
+
+    def add_streams(self, streams: Iterable[Stream]) -> None:
+        """Takes deliveries of these streams too (connected accounts found while running)."""
+        self._streams.update(streams)
 
     async def __call__(self, delivery: Delivery) -> Ack:
         started = clock.monotonic()

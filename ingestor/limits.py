@@ -15,7 +15,7 @@ import structlog
 
 from ingestor.clock import monotonic
 from ingestor.config import StripeConfig
-from ingestor.ratelimit import DECREASE_INTERVAL, Clock, RateBudget, Sleep
+from ingestor.ratelimit import DECREASE_INTERVAL, Clock, RateBudget, Sleep, fair_key
 
 log = structlog.get_logger(__name__)
 
@@ -291,4 +291,5 @@ __all__ = [
     "Limits",
     "Operation",
     "Priority",
+    "fair_key",
 ]

@@ -120,6 +120,18 @@ STREAM_PARKED = Gauge(
     ["stream"],
     registry=REGISTRY,
 )
+CONNECTED_ACCOUNTS = Gauge(
+    "ingestor_connected_accounts",
+    "Connected accounts GET /v1/accounts listed at the last scan (stripe.accounts = all).",
+    registry=REGISTRY,
+)
+POLL_INTERVAL = Gauge(
+    "ingestor_poll_interval_seconds",
+    "The stream's current tail poll interval: the configured one after news, growing while "
+    "polls find nothing, up to the idle cap the budget and the number of streams allow.",
+    ["stream"],
+    registry=REGISTRY,
+)
 CURSOR_EXPIRED = Counter(
     "ingestor_cursor_expired",
     "Windows lost because a cursor aged out of Stripe's 30-day retention.",

@@ -8,11 +8,12 @@ import dataclasses
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
 from ingestor import clock, metrics, retry
+from ingestor.accounts import AccountDirectory, Change, feed, streams_of
 from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan, Timed
 from ingestor.committer import Batch, CommitQueue, Committer, Routed
 from ingestor.config import Config, KafkaConfig, Loaded, WebhookConfig
@@ -23,11 +24,11 @@ from ingestor.errors import (
     KafkaUnavailable,
     MalformedResponse,
 )
-from ingestor.events import Event, Hydration, Stream
+from ingestor.events import Api, Event, Hydration, Stream
 from ingestor.health import GapAlarm, HealthServer, Readiness
 from ingestor.hydrate import Hydrator
 from ingestor.intake import DUPLICATE_VERDICTS, WebhookIntake, classify
-from ingestor.limits import Priority
+from ingestor.limits import Priority, fair_key
 from ingestor.log import TransactionalLog
 from ingestor.pages import v1_pages, v2_pages
 from ingestor.plan import lost_window, plan_backfill, retention_edge, retention_floor
@@ -136,6 +137,18 @@ class Pipeline:
         self._push_ready = asyncio.Event()
         self._push_idle = asyncio.Event()  # nothing pushed is waiting to be queued
         self._push_idle.set()
+        # Set by serve() with stripe.accounts = "all": it sees the events the streams accept.
+        self.directory: AccountDirectory | None = None
+        # Streams added before the restore: (start, initial scan) for each.
+        self._pending: dict[Stream, tuple[int | None, bool]] = {p: (None, True) for p in streams}
+        self._restored_state: dict[Stream, StreamState] = {}
+        self._ran_before = False  # the state topic held streams at the restore
+        self._intake_tg: asyncio.TaskGroup | None = None
+        self._api_counts: dict[str, int] = {}
+        self._readers: dict[Stream, asyncio.Task[None]] = {}
+        self._retry: dict[Stream, asyncio.Event] = {}
+        # Streams started at their connection time mid-run: they are never backfilled.
+        self._joined_late: set[Stream] = set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -149,19 +162,19 @@ class Pipeline:
             return
         limit = self.cfg.kafka.max_message_bytes
         restored = StreamState.restore(records, max_message_bytes=limit)
+        self._restored_state = dict(restored)
+        self._ran_before = bool(restored)
         self.restored = True
         self.readiness.mark_kafka(True)
         self.readiness.mark_restored()
-        for p in self.streams:
-            self.runtimes[p] = restored.get(p) or StreamState(p, max_message_bytes=limit)
-            # Exported at 0 once the stream is known (labels() leaves a value already set).
-            metrics.CURSOR_EXPIRED.labels(stream=p.key)
-            metrics.STREAM_PARKED.labels(stream=p.key)
-        self.readiness.streams = len(self.streams)
+        pending, self._pending = self._pending, {}
+        for p, (start, initial) in pending.items():
+            self._runtime(p, start, initial=initial)
         log.info(
             "state restored",
-            streams=[p.key for p in self.streams],
-            resumed=[p.key for p in self.streams if p in restored],
+            streams=[p.key for p in self.streams][:50],
+            count=len(self.streams),
+            resumed=sum(1 for p in self.streams if p in restored),
         )
         try:
             await self._run_tasks(stop)
@@ -206,9 +219,93 @@ class Pipeline:
             committer.cancel()
 
     async def _intake(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for rt in self.runtimes.values():
-                tg.create_task(self._supervise(rt))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._intake_tg = tg
+                for rt in self.runtimes.values():
+                    tg.create_task(self._supervise(rt))
+        finally:
+            self._intake_tg = None
+
+    # --- the stream set ---------------------------------------------------------------------
+
+    def add_streams(
+        self, streams: Sequence[Stream], start_ms: int | None, *, initial: bool = False
+    ) -> None:
+        """Adds streams to the running pipeline (or to the one about to start).
+
+        A stream the state topic has resumes from there. A new one starts at `start_ms` (its
+        account's connection time) when it joined after the process's first scan, or at the
+        first scan when the service ran before (it connected while the service was down);
+        otherwise (None, or a first run) as at start: now, or with `--backfill` after the
+        backfill of `backfill.since`. A stream already running that is parked is retried now.
+        """
+        for p in streams:
+            if p in self.runtimes:
+                wake = self._retry.get(p)
+                if wake is not None and p.key in self.outcome.parked:
+                    wake.set()
+                continue
+            if not self.restored:
+                if p not in self._pending:
+                    self.streams.append(p)
+                self._pending[p] = (start_ms, initial)
+                continue
+            self.streams.append(p)
+            rt = self._runtime(p, start_ms, initial=initial)
+            if self._intake_tg is not None:
+                self._intake_tg.create_task(self._supervise(rt))
+            log.info("stream added", stream=p.key, start=rt.tail_start_ms)
+
+    def park_streams(self, streams: Sequence[Stream], reason: str) -> None:
+        """Parks streams whose account left (deauthorized, or gone from the listing): their
+        reads stop now, each logs one error, shows in /readyz and the parked metric, and is
+        tried again every `alarms.parked_retry_seconds`; the other streams go on."""
+        for p in streams:
+            if p not in self.runtimes:
+                continue
+            self._park(p.key, reason)
+            reader = self._readers.get(p)
+            if reader is not None:
+                reader.cancel()
+
+    def nudge(self, stream: Stream) -> None:
+        """Polls `stream` now instead of after its (possibly long, idle) interval: for a
+        webhook delivery that says the stream has news."""
+        tail = self.tails.get(stream)
+        if tail is not None:
+            tail.nudge()
+
+    def _runtime(self, p: Stream, start_ms: int | None, *, initial: bool) -> StreamState:
+        limit = self.cfg.kafka.max_message_bytes
+        rt = self._restored_state.get(p)
+        if rt is None:
+            rt = StreamState(p, max_message_bytes=limit)
+            if start_ms is not None and (not initial or self._ran_before):
+                rt.set_tail_start(start_ms - start_ms % rt.granularity_ms)
+                self._joined_late.add(p)
+        if p not in self.streams:
+            self.streams.append(p)
+        if p not in self.runtimes:
+            self._api_counts[p.api] = self._api_counts.get(p.api, 0) + 1
+        self.runtimes[p] = rt
+        # Exported at 0 once the stream is known (labels() leaves a value already set).
+        metrics.CURSOR_EXPIRED.labels(stream=p.key)
+        metrics.STREAM_PARKED.labels(stream=p.key)
+        self.readiness.streams = len(self.runtimes)
+        return rt
+
+    def _park(self, key: str, reason: str) -> None:
+        if key not in self.outcome.parked:
+            log.error(
+                "stream parked: an error retrying cannot fix; other streams go on",
+                stream=key,
+                error=reason,
+                retry_in_s=self.cfg.alarms.parked_retry_seconds,
+            )
+        self.outcome.parked[key] = reason
+        self.readiness.park(key, reason)
+        metrics.STREAM_PARKED.labels(stream=key).set(1)
 
     # --- streams ----------------------------------------------------------------------------
 
@@ -220,30 +317,35 @@ class Pipeline:
         detail and is tried again every `alarms.parked_retry_seconds`; `--once` finishes the
         other streams and exits 1.
         """
-        key = rt.stream.key
+        p = rt.stream
+        key = p.key
         structlog.contextvars.bind_contextvars(stream=key)
+        # Each stream is its own party in the limiters' fair queueing (see ratelimit).
+        fair_key.set(key)
+        wake = self._retry.setdefault(p, asyncio.Event())
         while True:
             try:
-                await self._read_stream(rt)
-                return
+                # A task of its own, so that park_streams can stop this stream's reads alone.
+                async with asyncio.TaskGroup() as tg:
+                    reader = tg.create_task(self._read_stream(rt))
+                    self._readers[p] = reader
+                if not reader.cancelled():
+                    return
             except (IngestorError, BaseExceptionGroup) as raised:
                 exc = _unwrap(raised)
                 if not isinstance(exc, IngestorError) or exc.retriable:
                     raise
-                if key not in self.outcome.parked:
-                    log.error(
-                        "stream parked: an error retrying cannot fix; other streams go on",
-                        stream=key,
-                        error=str(exc),
-                        kind=type(exc).__name__,
-                        retry_in_s=self.cfg.alarms.parked_retry_seconds,
-                    )
-                self.outcome.parked[key] = f"{type(exc).__name__}: {exc}"
-                self.readiness.park(key, self.outcome.parked[key])
-                metrics.STREAM_PARKED.labels(stream=key).set(1)
+                self._park(key, f"{type(exc).__name__}: {exc}")
                 if self.once:
                     return
-            await asyncio.sleep(self.cfg.alarms.parked_retry_seconds)
+            finally:
+                self._readers.pop(p, None)
+            if self.once:
+                return
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.alarms.parked_retry_seconds):
+                    await wake.wait()
 
     def _unpark(self, rt: StreamState) -> None:
         key = rt.stream.key
@@ -269,7 +371,7 @@ class Pipeline:
             # A head written before sweep bounds were kept: sweep a window behind where the
             # stop began, as a sweep then would have.
             rt.set_sweep_lo(rt.watermark_ms - int(self.cfg.tail.sweep_window_seconds * 1000))
-        if self.backfill:
+        if self.backfill and rt.stream not in self._joined_late:
             self._plan_backfill(rt, now)
         # Before anything is read past it: a stream not read through for 30 days lost events.
         self._check_read_through(rt, now)
@@ -432,7 +534,20 @@ class Pipeline:
             clock_ms=now_ms,
             floor_ms=lambda: _retention_floor(rt.granularity_ms),
             read_gap=lambda: self._read_gap(rt, BUSY_GAP_MIN_MS),
+            idle_cap=lambda: self.idle_cap(p.api),
         )
+
+    def idle_cap(self, api: Api) -> float:
+        """The longest an idle stream of `api` waits between polls: idle polls of every stream
+        together use at most `tail.idle_budget_share` of the global rate, and those of one
+        api at most that share of its operation's rate (`GET /v1/events`, `/v2/core/events`).
+        """
+        share = self.cfg.tail.idle_budget_share
+        total = len(self.runtimes)
+        of_api = self._api_counts.get(api, 0)
+        glob = self.client.limits.global_budget.configured_rate
+        op = self.cfg.stripe.endpoint_rate_limit
+        return max(total / (share * glob), of_api / (share * op))
 
     async def _read_window(
         self,
@@ -510,6 +625,8 @@ class Pipeline:
         fresh, dups = rt.claim(e for e in events if e.created_ms >= start)
         if dups:
             metrics.DUPLICATES_SKIPPED.labels(source=rt.stream.api).inc(dups)
+        if self.directory is not None:
+            self.directory.observe(fresh)
         try:
             fresh = oldest_first(fresh)
             items = await self._prepare(fresh, "tail")
@@ -819,41 +936,27 @@ async def _retrying(fn: Callable[[], Awaitable[object]], what: str) -> None:
 # --- process entry ------------------------------------------------------------------------
 
 
-async def discover_streams(config: Config, client: StripeClient) -> list[Stream]:
-    """(api, account) pairs from config; `all` = the platform plus every connected account."""
-    accounts: list[str | None] = []
-    wanted = config.stripe.accounts or ("platform",)
-    for a in wanted:
-        if a == "platform":
-            accounts.append(None)
-        elif a == "all":
-            accounts.append(None)
-            accounts.extend(await _connected_accounts(client))
-        else:
-            accounts.append(a)
-    apis: list[Literal["v1", "v2"]] = []
+def configured_apis(config: Config) -> list[Api]:
+    apis: list[Api] = []
     if config.stripe.v1:
         apis.append("v1")
     if config.stripe.v2:
         apis.append("v2")
+    return apis
+
+
+def discover_streams(config: Config) -> list[Stream]:
+    """(api, account) pairs of the accounts config names; `all` adds the platform here and
+    the connected accounts through an `AccountDirectory`."""
+    accounts: list[str | None] = []
+    wanted = config.stripe.accounts or ("platform",)
+    for a in wanted:
+        accounts.append(None if a in ("platform", "all") else a)
     seen: dict[Stream, None] = {}
     for acct in accounts:
-        for api in apis:
+        for api in configured_apis(config):
             seen[Stream(api, acct)] = None
     return list(seen)
-
-
-async def _connected_accounts(client: StripeClient) -> list[str]:
-    out: list[str] = []
-    cursor: str | None = None
-    while True:
-        params = [("limit", "100")] + ([("starting_after", cursor)] if cursor else [])
-        body = await client.request_json("GET", "/v1/accounts", params=params)
-        data = body.get("data") or []
-        out.extend(str(a["id"]) for a in data)
-        if not body.get("has_more") or not data:
-            return out
-        cursor = str(data[-1]["id"])
 
 
 async def serve(
@@ -891,30 +994,63 @@ async def serve(
         StripeClient(cfg.stripe, transport=transport) as client,
         Hydrator.for_client(client, cfg.hydrate) as hydrator,
     ):
-        streams = await discover_streams(cfg, client)
+        streams = discover_streams(cfg)
+        directory: AccountDirectory | None = None
+        if "all" in cfg.stripe.accounts:
+            directory = AccountDirectory(client, cfg.stripe.accounts_rescan_seconds)
+            await directory.scan()
         # Webhooks feed a running service; `--once` reads what is there and exits.
         intake = WebhookIntake(cfg, streams, stop) if cfg.webhook.enabled and not once else None
+        if intake is not None and directory is not None:
+            # Deliveries of connected accounts are taken once their account is found.
+            take = _intake_feed(intake, configured_apis(cfg))
+            take(directory.joined())
+            directory.subscribe(take)
         async with _open_receiver(cfg.webhook, intake, receiver):
-            await _run_generations(
-                cfg,
-                client,
-                hydrator,
-                readiness,
-                streams,
-                stop,
-                open_log,
-                outcome,
-                intake,
-                backfill=backfill,
-                since=since,
-                once=once,
-            )
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    rescans = (
+                        tg.create_task(directory.run())
+                        if directory is not None and not once
+                        else None
+                    )
+                    try:
+                        await _run_generations(
+                            cfg,
+                            client,
+                            hydrator,
+                            readiness,
+                            streams,
+                            stop,
+                            open_log,
+                            outcome,
+                            intake,
+                            directory,
+                            backfill=backfill,
+                            since=since,
+                            once=once,
+                        )
+                    finally:
+                        if rescans is not None:
+                            rescans.cancel()
+            except BaseExceptionGroup as exc:
+                raise _unwrap(exc) from None
     if once and outcome.lost_windows:
         return EXIT_DATA_LOST
     if once and outcome.parked:
         log.error("streams parked; their events were not read", parked=outcome.parked)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _intake_feed(intake: WebhookIntake, apis: Sequence[Api]) -> Callable[[Change], None]:
+    """A directory subscriber that lets the webhook intake take the found accounts' streams."""
+
+    def apply(change: Change) -> None:
+        for j in change.joined:
+            intake.add_streams(streams_of(j.account, apis))
+
+    return apply
 
 
 Receiver = Callable[[WebhookConfig, Intake], contextlib.AbstractAsyncContextManager[object]]
@@ -952,6 +1088,7 @@ async def _run_generations(
     open_log: Callable[[KafkaConfig], TransactionalLog],
     outcome: RunOutcome,
     intake: WebhookIntake | None,
+    directory: AccountDirectory | None,
     *,
     backfill: bool,
     since: str | None,
@@ -984,11 +1121,20 @@ async def _run_generations(
                 once=once,
                 outcome=outcome,
             )
+            unsubscribe: Callable[[], None] | None = None
+            if directory is not None:
+                generation.directory = directory
+                apply = feed(generation, configured_apis(cfg))
+                # What was found so far (with its starts), then each change as it is found.
+                apply(directory.joined())
+                unsubscribe = directory.subscribe(apply)
             if intake is not None:
                 intake.generation = generation
             try:
                 await generation.run(stop)
             finally:
+                if unsubscribe is not None:
+                    unsubscribe()
                 if intake is not None:
                     intake.generation = None
 

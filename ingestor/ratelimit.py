@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 
 from ingestor.clock import monotonic
 from ingestor.metrics import RATE_BUDGET
@@ -18,27 +19,36 @@ DECREASE_INTERVAL = 1.0
 # Float rounding can leave a deficit too small for any clock to advance past; count it as paid.
 EPSILON = 1e-9
 MIN_WAIT = 0.001
+# The fair-queueing table is pruned of idle parties once it holds 4x this many.
+FAIR_PARTIES_KEPT = 10_000
+
+fair_key: ContextVar[str | None] = ContextVar("fair_key", default=None)
+"""The party a request is made for (the pipeline sets its stream's key in each stream's task):
+within one priority, buckets share their tokens fairly among parties (start-time fair
+queueing), so one busy stream with many requests queued cannot starve the others."""
 
 
 class PriorityLock:
-    """A lock handed on to the waiter with the lowest (priority, arrival) when released.
+    """A lock handed on to the waiter with the lowest (priority, virtual time, arrival) when
+    released.
 
-    Lower numbers are served first (see `ingestor.limits.Priority`); equal priorities are
-    first come, first served. A waiter cancelled while queued is skipped.
+    Lower numbers are served first (see `ingestor.limits.Priority`); within a priority the
+    lowest virtual time (fair queueing: 0 unless the caller uses it), then first come, first
+    served. A waiter cancelled while queued is skipped.
     """
 
     __slots__ = ("_heap", "_held")
 
     def __init__(self) -> None:
         self._held = False
-        self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._heap: list[tuple[int, float, int, asyncio.Future[None]]] = []
 
-    async def acquire(self, priority: int, seq: int) -> None:
+    async def acquire(self, priority: int, seq: int, vtime: float = 0.0) -> None:
         if not self._held and not self._pending():
             self._held = True
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, (priority, seq, fut))
+        heapq.heappush(self._heap, (priority, vtime, seq, fut))
         try:
             await fut
         except asyncio.CancelledError:
@@ -48,19 +58,19 @@ class PriorityLock:
 
     def release(self) -> None:
         while self._heap:
-            _, _, fut = heapq.heappop(self._heap)
+            fut = heapq.heappop(self._heap)[3]
             if not fut.done():
                 fut.set_result(None)  # still held: ownership moves to that waiter
                 return
         self._held = False
 
-    def outranked(self, priority: int, seq: int) -> bool:
-        """Whether a waiter queued ahead of (priority, seq) is waiting for this lock."""
-        return self._pending() and self._heap[0][:2] < (priority, seq)
+    def outranked(self, priority: int, seq: int, vtime: float = 0.0) -> bool:
+        """Whether a waiter queued ahead of (priority, vtime, seq) is waiting for this lock."""
+        return self._pending() and self._heap[0][:3] < (priority, vtime, seq)
 
     def _pending(self) -> bool:
         heap = self._heap
-        while heap and heap[0][2].done():
+        while heap and heap[0][3].done():
             heapq.heappop(heap)
         return bool(heap)
 
@@ -70,6 +80,10 @@ class RateBudget:
 
     Waiters are served by priority, then first come, first served: a `PriorityLock` goes to
     the best waiter, and the holder sleeps exactly until its tokens exist, so nobody polls.
+    Within a priority, waiters of different parties (`fair_key`) are served by start-time
+    fair queueing: each party's requests get virtual start times one cost apart, from no
+    earlier than the virtual time now, so a party that queued many requests is served in
+    turn with one that just arrived, not ahead of it.
     A holder that wakes to find a better waiter queued hands the lock (and the token it
     waited for) over and queues again with its original place, so a tail poll arriving
     behind a queue of backfill requests gets the very next token.
@@ -104,6 +118,9 @@ class RateBudget:
         self._last_decrease: float | None = None
         self._lock = PriorityLock()
         self._arrivals = itertools.count()
+        # Fair queueing: the virtual time served so far, and each party's next start.
+        self._vnow = 0.0
+        self._vnext: dict[str, float] = {}
         self._publish()
 
     @property
@@ -151,17 +168,19 @@ class RateBudget:
         if cost <= 0:
             return
         seq = next(self._arrivals)
+        vtime = self._vstart(fair_key.get(), cost)
         # A cost above the burst could never be met in full; it is taken as debt instead.
         need = min(cost, self._burst)
         while True:
-            await self._lock.acquire(priority, seq)
+            await self._lock.acquire(priority, seq, vtime)
             try:
                 while True:
-                    if self._lock.outranked(priority, seq):
+                    if self._lock.outranked(priority, seq, vtime):
                         break  # released below: the better waiter takes the next token
                     self._refill()
                     if self._tokens + EPSILON >= need:
                         self._tokens -= cost
+                        self._vnow = max(self._vnow, vtime)
                         return
                     # Never a wait too short to move a clock: a shortfall of a few billionths
                     # of a token would otherwise sleep 0 s (simulated time advances in whole
@@ -169,6 +188,18 @@ class RateBudget:
                     await self._sleep(max(MIN_WAIT, (need - self._tokens) / self._rate))
             finally:
                 self._lock.release()
+
+    def _vstart(self, party: str | None, cost: float) -> float:
+        """The virtual start time of a request of `party` (None: no party, served at the
+        virtual time now, i.e. first come, first served among equals)."""
+        if party is None:
+            return self._vnow
+        start = max(self._vnow, self._vnext.get(party, 0.0))
+        self._vnext[party] = start + cost
+        if len(self._vnext) > 4 * FAIR_PARTIES_KEPT:
+            # Parties whose next start is already behind the virtual time hold nothing back.
+            self._vnext = {k: v for k, v in self._vnext.items() if v > self._vnow}
+        return start
 
     def on_rate_limited(self) -> None:
         """Stripe said 429: halve the rate (once per window) and drop any saved-up burst."""
@@ -203,4 +234,4 @@ class RateBudget:
         return f"RateBudget(rate={self._rate:g}, configured={self._configured:g})"
 
 
-__all__ = ["PriorityLock", "RateBudget"]
+__all__ = ["PriorityLock", "RateBudget", "fair_key"]

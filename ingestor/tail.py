@@ -31,6 +31,15 @@ def _now_ms() -> int:
     return clock.wall_ms()
 
 
+def next_poll_interval(current: float, new: int, base: float, cap: float) -> float:
+    """The wait before a stream's next poll: `base` after a poll that found news, else twice
+    the last wait, up to `cap` (never below `base`). Idle streams so cost their share of the
+    budget over the whole idle cap, while a stream with news is polled at the base rate."""
+    if new > 0:
+        return base
+    return min(max(current * 2, base), max(cap, base))
+
+
 class Tail:
     """Reads one stream's new events, and re-reads for late ones, without missing any.
 
@@ -46,6 +55,11 @@ class Tail:
     by the first sweep that starts after it appeared, however long a sweep or a stop lasted.
     After a restart the first sweep reads what the last one before the stop still owed, up to
     where the stop began; the catch-up read everything after that as of the restart.
+
+    Idle streams are polled less often: each poll that finds nothing doubles the wait before
+    the next, up to `idle_cap()` (set from the budget and the number of streams), and news
+    (or a `nudge`) brings it back to `poll_interval`. An idle stream's sweep costs nothing:
+    its poll window already reaches back to its newest event, so the sweep's range is empty.
     """
 
     def __init__(
@@ -62,6 +76,7 @@ class Tail:
         floor_ms: Callable[[], int] = lambda: 0,
         read_gap: Callable[[], Awaitable[tuple[int, int] | None]] | None = None,
         busy_pages: int = 10,
+        idle_cap: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._rt = rt
         self._read = read
@@ -74,6 +89,8 @@ class Tail:
         self._floor_ms = floor_ms
         self._read_gap = read_gap
         self._busy_pages = busy_pages
+        self._idle_cap = idle_cap
+        self.interval = config.poll_interval
         self._overlap_ms = int(config.overlap_seconds * 1000)
         self._window_ms = int(config.sweep_window_seconds * 1000)
         self._busy = False
@@ -201,16 +218,26 @@ class Tail:
             caught_up.set()
             tg.create_task(self._poll_loop())
 
+    def nudge(self) -> None:
+        """Poll now rather than at the end of the current wait (a webhook said there is news)."""
+        self._wake.set()
+
     async def _poll_loop(self) -> None:
+        base = self._cfg.poll_interval
+        gauge = metrics.POLL_INTERVAL.labels(stream=self._rt.stream.key)
         while True:
             # A wake-up during this poll asks for another one right after it.
             self._wake.clear()
             new = await _retrying(self.poll, "poll")
             # Adaptive: a full page of news means more is probably waiting; ask again now.
-            if new < self._page_size and not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._cfg.poll_interval):
-                        await self._wake.wait()
+            if new >= self._page_size or self._wake.is_set():
+                self.interval = base
+                continue
+            self.interval = next_poll_interval(self.interval, new, base, self._idle_cap())
+            gauge.set(self.interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
 
     async def _sweep_loop(self, restart_hi: int, began: int, caught_up: asyncio.Event) -> None:
         loop_time = clock.monotonic

@@ -1,0 +1,173 @@
+"""Connected accounts: scan planning, connection start times, idle poll intervals and fair
+queueing among streams in the limiter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from ingestor.accounts import (
+    GONE,
+    Change,
+    Joined,
+    Left,
+    Listed,
+    connection_start,
+    feed,
+    plan_scan,
+)
+from ingestor.events import Stream
+from ingestor.plan import RETENTION_MS, retention_edge
+from ingestor.ratelimit import RateBudget, fair_key
+from ingestor.tail import next_poll_interval
+
+NOW = 1_790_000_000_000
+DAY = 86_400_000
+
+
+def test_first_scan_marks_every_account_initial_with_its_connection_time() -> None:
+    """The first scan joins every listed account as `initial`, with its connection start."""
+    listed = [Listed("acct_a", NOW - DAY), Listed("acct_b", None)]
+    change = plan_scan({}, listed, first=True, authorized_ms={}, now_ms=NOW)
+    assert change.joined == (Joined("acct_a", NOW - DAY, True), Joined("acct_b", NOW, True))
+    assert change.left == ()
+
+
+def test_a_later_scan_joins_only_new_accounts_from_their_connection_time() -> None:
+    """Accounts found after the first scan start where they were connected: the authorized
+    event's time when seen, else the account's created; known ones are not joined again."""
+    known = {"acct_a": True}
+    listed = [Listed("acct_a", NOW - DAY), Listed("acct_b", NOW - 2 * DAY), Listed("acct_c")]
+    change = plan_scan(
+        known, listed, first=False, authorized_ms={"acct_b": NOW - 60_000}, now_ms=NOW
+    )
+    assert change.joined == (Joined("acct_b", NOW - 60_000), Joined("acct_c", NOW))
+
+
+def test_an_account_missing_from_the_listing_leaves_once_and_rejoins_when_listed() -> None:
+    """A known account gone from the listing leaves with a reason (not dropped silently);
+    one already gone does not leave again; listed again, it joins with no start."""
+    change = plan_scan(
+        {"acct_a": True, "acct_b": False}, [], first=False, authorized_ms={}, now_ms=NOW
+    )
+    assert change.left == (Left("acct_a", GONE),)
+    back = plan_scan(
+        {"acct_a": False}, [Listed("acct_a", 0)], first=False, authorized_ms={}, now_ms=NOW
+    )
+    assert back.joined == (Joined("acct_a", None),)
+    assert not plan_scan(
+        {"acct_a": True}, [Listed("acct_a")], first=False, authorized_ms={}, now_ms=NOW
+    )
+
+
+def test_connection_start_is_clamped_to_retention_and_never_in_the_future() -> None:
+    """A connection older than Stripe's 30 days starts inside retention (with a margin, so
+    the catch-up cannot age out); one 'in the future' (clock skew) starts now; whole
+    seconds for v1."""
+    old = connection_start(None, NOW - 90 * DAY, NOW)
+    assert retention_edge(NOW) < old < NOW - RETENTION_MS + DAY
+    assert connection_start(NOW + 5000, None, NOW) == NOW
+    assert connection_start(NOW - 1234, None, NOW, 1000) == NOW - 2000
+    assert connection_start(NOW - 1234, None, NOW, 1) == NOW - 1234
+    # The authorized event wins over the account's created.
+    assert connection_start(NOW - 10_000, NOW - DAY, NOW) == NOW - 10_000
+
+
+class _Owner:
+    def __init__(self) -> None:
+        self.added: list[tuple[list[Stream], int | None, bool]] = []
+        self.parked: list[tuple[list[Stream], str]] = []
+
+    def add_streams(
+        self, streams: Sequence[Stream], start_ms: int | None, *, initial: bool = False
+    ) -> None:
+        self.added.append((list(streams), start_ms, initial))
+
+    def park_streams(self, streams: Sequence[Stream], reason: str) -> None:
+        self.parked.append((list(streams), reason))
+
+
+def test_feed_applies_changes_to_the_streams_of_owned_accounts_only() -> None:
+    """`feed` turns account changes into stream changes for each api, filtered by `owns`
+    (a shard's share of the accounts)."""
+    owner = _Owner()
+    apply = feed(owner, ["v1", "v2"], owns=lambda a: a != "acct_other")
+    apply(
+        Change(
+            (Joined("acct_a", 5, False), Joined("acct_other", 6, False)),
+            (Left("acct_b", "gone"), Left("acct_other", "gone")),
+        )
+    )
+    assert owner.added == [([Stream("v1", "acct_a"), Stream("v2", "acct_a")], 5, False)]
+    assert owner.parked == [([Stream("v1", "acct_b"), Stream("v2", "acct_b")], "gone")]
+
+
+def test_idle_poll_interval_doubles_to_the_cap_and_resets_on_news() -> None:
+    """Polls that find nothing double the wait up to the cap; news resets it to the base;
+    a cap below the base leaves the base."""
+    waits = []
+    w = 1.0
+    for _ in range(12):
+        w = next_poll_interval(w, 0, 1.0, 400.0)
+        waits.append(w)
+    assert waits[:4] == [2.0, 4.0, 8.0, 16.0]
+    assert max(waits) == 400.0
+    assert waits[-1] == 400.0
+    assert next_poll_interval(400.0, 3, 1.0, 400.0) == 1.0
+    assert next_poll_interval(1.0, 0, 1.0, 0.2) == 1.0
+
+
+async def test_one_busy_stream_cannot_starve_another_in_the_limiter() -> None:
+    """With 40 requests of one stream queued first, a request of another stream at the same
+    priority is served within a couple of tokens, not after the 40 (fair queueing)."""
+    t = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        t[0] += seconds
+        await asyncio.sleep(0)
+
+    budget = RateBudget(10.0, burst=1.0, clock=lambda: t[0], sleep=sleep, report=False)
+    order: list[str] = []
+
+    async def request(party: str, n: int) -> None:
+        fair_key.set(party)
+        await budget.acquire()
+        order.append(f"{party}{n}")
+
+    async with asyncio.TaskGroup() as tg:
+        for n in range(40):
+            tg.create_task(request("busy", n))
+        await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        tg.create_task(request("idle", 0))
+    assert order.index("idle0") <= 3, order[:6]
+
+
+@pytest.mark.parametrize("parties", [1, 3])
+async def test_fair_queueing_keeps_each_partys_own_order(parties: int) -> None:
+    """Within one party requests are still served first come, first served."""
+    t = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        t[0] += seconds
+        await asyncio.sleep(0)
+
+    budget = RateBudget(100.0, burst=1.0, clock=lambda: t[0], sleep=sleep, report=False)
+    served: list[tuple[int, int]] = []
+
+    async def request(party: int, n: int) -> None:
+        fair_key.set(str(party))
+        await budget.acquire()
+        served.append((party, n))
+
+    async with asyncio.TaskGroup() as tg:
+        for n in range(10):
+            for p in range(parties):
+                tg.create_task(request(p, n))
+    for p in range(parties):
+        mine = [n for q, n in served if q == p]
+        assert mine == sorted(mine)
+        assert len(mine) == 10
