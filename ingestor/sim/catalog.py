@@ -41,6 +41,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("price", "price_", "/v1/prices"),
     Kind("payout", "po_", "/v1/payouts"),
     Kind("v2.core.account", "acct_", "/v2/core/accounts", v2_style=True),
+    # The platform's Connect application, what account.application.* events are about.
+    Kind("application", "ca_", "/v1/applications"),
 )
 KIND_BY_NAME = {k.name: k for k in KINDS}
 
@@ -61,6 +63,7 @@ _PREFIXES: tuple[tuple[str, str], ...] = (
     ("refund.", "refund"),
     ("v2.core.account.", "v2.core.account"),
     ("v2.core.account[", "v2.core.account"),
+    ("account.application.", "application"),
 )
 # v2 notifications that carry no related object at all.
 NO_RELATED = frozenset({"v1.billing.meter.no_meter_found", "v2.core.event_destination.ping"})

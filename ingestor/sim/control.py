@@ -138,6 +138,22 @@ async def add_webhook(request: web.Request) -> web.Response:
     return _json({"index": index})
 
 
+async def connect_account(request: web.Request) -> web.Response:
+    """`{account}` -> `{event_id}`: connects the account now (see Simulator.connect_account)."""
+    account = str((await _body(request)).get("account", ""))
+    if not account.startswith("acct_"):
+        return _json({"error": "expected an acct_... id"}, 400)
+    return _json({"event_id": request.app[SIM].connect_account(account)})
+
+
+async def revoke_account(request: web.Request) -> web.Response:
+    """`{account}` -> `{event_id}`: revokes access to the account now."""
+    account = str((await _body(request)).get("account", ""))
+    if not account.startswith("acct_"):
+        return _json({"error": "expected an acct_... id"}, 400)
+    return _json({"event_id": request.app[SIM].revoke_account(account)})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/_sim/events", add_events)
@@ -148,3 +164,5 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_sim/counters/reset", reset_counters)
     r.add_get("/_sim/webhooks", webhooks)
     r.add_post("/_sim/webhooks", add_webhook)
+    r.add_post("/_sim/accounts/connect", connect_account)
+    r.add_post("/_sim/accounts/revoke", revoke_account)

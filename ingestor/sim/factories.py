@@ -844,6 +844,18 @@ def v2_account(oid: str, created: Created) -> dict[str, Any]:
     }
 
 
+def application(oid: str, created: Created) -> dict[str, Any]:
+    """A Connect platform's application, as account.application.* events carry it."""
+    return {
+        "id": oid,
+        "object": "application",
+        "created": created,
+        "livemode": False,
+        "metadata": {},
+        "name": "Simulated platform",
+    }
+
+
 FACTORIES: dict[str, Factory] = {
     "account": account,
     "billing.meter": billing_meter,
@@ -854,6 +866,7 @@ FACTORIES: dict[str, Factory] = {
     "invoice": invoice,
     "payment_intent": payment_intent,
     "payout": payout,
+    "application": application,
     "price": price,
     "product": product,
     "refund": refund,

@@ -227,8 +227,9 @@ def create_file(
 
 
 def list_accounts(sim: Simulator, limit: int, starting_after: str | None) -> bytes:
-    """`GET /v1/accounts`: the platform's connected accounts, in a stable order."""
-    accounts = [a for a in sim.accounts if a is not None]
+    """`GET /v1/accounts`: the platform's connected accounts (not the revoked), in a stable
+    order."""
+    accounts = [a for a in sim.accounts if a is not None and a not in sim.revoked]
     start = 0
     if starting_after is not None:
         if starting_after not in accounts:
@@ -242,6 +243,7 @@ def list_accounts(sim: Simulator, limit: int, starting_after: str | None) -> byt
 
 def account_object(sim: Simulator, account: str) -> bytes:
     example = sim.catalog.examples.get("account")
-    doc = dict(example) if example else factories.account(account, ACCOUNTS_CREATED)
-    doc.update(id=account, object="account", metadata={})
+    created = sim.connected_ms.get(account, ACCOUNTS_CREATED * 1000) // 1000
+    doc = dict(example) if example else factories.account(account, created)
+    doc.update(id=account, object="account", metadata={}, created=created)
     return orjson.dumps(doc)

@@ -20,6 +20,8 @@ from ingestor.sim.store import EventStore
 from ingestor.sim.views import Views
 
 DAY_MS = 86_400_000
+AUTHORIZED = "account.application.authorized"
+DEAUTHORIZED = "account.application.deauthorized"
 
 
 class _Mix:
@@ -67,6 +69,11 @@ class Simulator:
         self.kind_ix = {k.name: i for i, k in enumerate(self.kinds)}
         self.accounts: list[str | None] = [None]
         self.account_ix: dict[str | None, int] = {None: 0}
+        # Connect: when accounts connected mid-run, which are revoked, and the connected
+        # account each account.application.* event (on the platform's stream) names.
+        self.connected_ms: dict[str, int] = {}
+        self.revoked: set[str] = set()
+        self.event_account: dict[int, str] = {}
         for acct in scenario.accounts:
             self.add_account(acct)
         self.types: list[TypeInfo] = []
@@ -294,6 +301,32 @@ class Simulator:
         self.events.release(now)
         return ids
 
+    def connect_account(self, account: str) -> str:
+        """Connects `account` now: an `account.application.authorized` event on the
+        platform's stream (its `account` names the connected account), the account listed by
+        `GET /v1/accounts` (created now) and readable from now on; returns the event's id."""
+        self.tick()
+        now = self.now_ms()
+        self.add_account(account)
+        self.revoked.discard(account)
+        self.connected_ms[account] = now
+        return self._connect_event(AUTHORIZED, account, now)
+
+    def revoke_account(self, account: str) -> str:
+        """Revokes the platform's access to `account` now: reads for it answer 403, it leaves
+        the `GET /v1/accounts` listing and an `account.application.deauthorized` event is
+        on the platform's stream; events keep happening in it. Returns the event's id."""
+        self.tick()
+        now = self.now_ms()
+        self.revoked.add(account)
+        return self._connect_event(DEAUTHORIZED, account, now)
+
+    def _connect_event(self, type_name: str, account: str, now: int) -> str:
+        serial = self.make_event(self.register_type(type_name, "v1"), 0, now)
+        self.event_account[serial] = account
+        self.events.release(now)
+        return self.views.event_id(serial)
+
     def find_object(self, object_id: str) -> int | None:
         for ix, kind in enumerate(self.kinds):
             if object_id.startswith(kind.id_prefix):
@@ -379,7 +412,7 @@ class Simulator:
         self.counts.clear()
 
     def api_error_for_account(self, account: str | None) -> ApiError | None:
-        if account is None or account in self.account_ix:
+        if account is None or (account in self.account_ix and account not in self.revoked):
             return None
         return ApiError(
             403,

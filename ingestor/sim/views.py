@@ -144,7 +144,7 @@ class Views:
         ev = self.sim.events
         type_ix = ev.type_ix[serial]
         info = self.sim.types[type_ix]
-        account = self.sim.events.streams[ev.stream[serial]].account
+        account = self.sim.event_account.get(serial) or ev.streams[ev.stream[serial]].account
         version = ev.version[serial]
         previous = info.action == "updated" and version > 1
         status = jstr(info.status) if info.status else None
@@ -210,7 +210,7 @@ class Views:
         obj = ev.obj[serial]
         created_ms = ev.created_ms[serial]
         created = b"%d" % (created_ms // 1000) if info.api == "v1" else jstr(rfc3339_ms(created_ms))
-        account = ev.streams[ev.stream[serial]].account
+        account = sim.event_account.get(serial) or ev.streams[ev.stream[serial]].account
         return (
             b'{"id":"%s","api":"%s","type":%s,"object_id":%s,"account":%s,"created":%s,'
             b'"created_ms":%d,"visible_ms":%d,"serial":%d}'

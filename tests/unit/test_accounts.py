@@ -4,11 +4,15 @@ queueing among streams in the limiter."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
+import orjson
 import pytest
 
 from ingestor.accounts import (
+    AUTHORIZED,
+    DEAUTHORIZED,
     GONE,
     Change,
     Joined,
@@ -21,6 +25,8 @@ from ingestor.accounts import (
 from ingestor.events import Stream
 from ingestor.plan import RETENTION_MS, retention_edge
 from ingestor.ratelimit import RateBudget, fair_key
+from ingestor.sim import listing, load_scenario
+from ingestor.sim.simulator import Simulator
 from ingestor.tail import next_poll_interval
 
 NOW = 1_790_000_000_000
@@ -171,3 +177,27 @@ async def test_fair_queueing_keeps_each_partys_own_order(parties: int) -> None:
         mine = [n for q, n in served if q == p]
         assert mine == sorted(mine)
         assert len(mine) == 10
+
+
+def test_the_simulator_connects_and_revokes_accounts_mid_run() -> None:
+    """Connecting lists the account (created at connection), makes it readable and puts an
+    `account.application.authorized` naming it on the platform's v1 stream; revoking takes
+    it off the listing, answers 403 for it and puts the deauthorization there too."""
+    scenario = load_scenario(None)
+    sim = Simulator(dataclasses.replace(scenario, history_events=0, history_bursts=0, accounts=()))
+    acct = "acct_1SimLate00000000000000"
+    authorized = sim.connect_account(acct)
+    listed = orjson.loads(listing.list_accounts(sim, 100, None))["data"]
+    assert [(a["id"], a["created"]) for a in listed] == [(acct, sim.now_ms() // 1000)]
+    assert sim.api_error_for_account(acct) is None
+    page = orjson.loads(listing.list_v1(sim, None, listing.Window(), 100))["data"]
+    assert [(e["id"], e["type"], e["account"]) for e in page] == [(authorized, AUTHORIZED, acct)]
+    assert sim.truth()[-1]["account"] == acct
+    sim.revoke_account(acct)
+    assert orjson.loads(listing.list_accounts(sim, 100, None))["data"] == []
+    problem = sim.api_error_for_account(acct)
+    assert problem is not None
+    assert problem.status == 403
+    page = orjson.loads(listing.list_v1(sim, None, listing.Window(), 100))["data"]
+    assert page[0]["type"] == DEAUTHORIZED
+    assert page[0]["account"] == acct

@@ -54,6 +54,8 @@ MIN_BYTES = {
     "payout": 650,
     "account": 2000,
     "v2.core.account": 1400,
+    # Stripe's application object is small: id, object and name.
+    "application": 100,
 }
 
 
