@@ -264,7 +264,7 @@ class Pipeline:
         for p in streams:
             if p not in self.runtimes:
                 continue
-            self._park(p.key, reason)
+            self._park(p.key, reason, "AccountLeft")
             reader = self._readers.get(p)
             if reader is not None:
                 reader.cancel()
@@ -295,12 +295,13 @@ class Pipeline:
         self.readiness.streams = len(self.runtimes)
         return rt
 
-    def _park(self, key: str, reason: str) -> None:
+    def _park(self, key: str, reason: str, kind: str) -> None:
         if key not in self.outcome.parked:
             log.error(
                 "stream parked: an error retrying cannot fix; other streams go on",
                 stream=key,
                 error=reason,
+                kind=kind,
                 retry_in_s=self.cfg.alarms.parked_retry_seconds,
             )
         self.outcome.parked[key] = reason
@@ -335,7 +336,7 @@ class Pipeline:
                 exc = _unwrap(raised)
                 if not isinstance(exc, IngestorError) or exc.retriable:
                     raise
-                self._park(key, f"{type(exc).__name__}: {exc}")
+                self._park(key, f"{type(exc).__name__}: {exc}", type(exc).__name__)
                 if self.once:
                     return
             finally:

@@ -198,7 +198,7 @@ async def test_a_thousand_idle_accounts_stay_inside_the_budget() -> None:
         sim = Simulator(scenario, seed=5)
         broker = MemoryBroker(keep_values=False)
         stop = asyncio.Event()
-        created: dict[str, int] = {}
+        created: dict[str, float] = {}
 
         def open_log(cfg: KafkaConfig) -> MemoryLog:
             return MemoryLog(broker, cfg)
