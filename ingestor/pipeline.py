@@ -149,6 +149,8 @@ class Pipeline:
         self._retry: dict[Stream, asyncio.Event] = {}
         # Streams started at their connection time mid-run: they are never backfilled.
         self._joined_late: set[Stream] = set()
+        # Parked because their account left before their reads began.
+        self._left: set[Stream] = set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -241,7 +243,8 @@ class Pipeline:
         backfill of `backfill.since`. A stream already running that is parked is retried now.
         """
         for p in streams:
-            if p in self.runtimes:
+            if p in self.runtimes or p in self._pending:
+                self._left.discard(p)
                 wake = self._retry.get(p)
                 if wake is not None and p.key in self.outcome.parked:
                     wake.set()
@@ -262,12 +265,14 @@ class Pipeline:
         reads stop now, each logs one error, shows in /readyz and the parked metric, and is
         tried again every `alarms.parked_retry_seconds`; the other streams go on."""
         for p in streams:
-            if p not in self.runtimes:
+            if p not in self.runtimes and p not in self._pending:
                 continue
             self._park(p.key, reason, "AccountLeft")
             reader = self._readers.get(p)
             if reader is not None:
                 reader.cancel()
+            else:
+                self._left.add(p)  # not reading yet: its first read waits for the retry
 
     def nudge(self, stream: Stream) -> None:
         """Polls `stream` now instead of after its (possibly long, idle) interval: for a
@@ -284,8 +289,6 @@ class Pipeline:
             if start_ms is not None and (not initial or self._ran_before):
                 rt.set_tail_start(start_ms - start_ms % rt.granularity_ms)
                 self._joined_late.add(p)
-        if p not in self.streams:
-            self.streams.append(p)
         if p not in self.runtimes:
             self._api_counts[p.api] = self._api_counts.get(p.api, 0) + 1
         self.runtimes[p] = rt
@@ -325,6 +328,10 @@ class Pipeline:
         fair_key.set(key)
         wake = self._retry.setdefault(p, asyncio.Event())
         while True:
+            if p in self._left:
+                self._left.discard(p)
+                await self._parked_wait(wake)
+                continue
             try:
                 # A task of its own, so that park_streams can stop this stream's reads alone.
                 async with asyncio.TaskGroup() as tg:
@@ -343,10 +350,15 @@ class Pipeline:
                 self._readers.pop(p, None)
             if self.once:
                 return
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.cfg.alarms.parked_retry_seconds):
-                    await wake.wait()
+            await self._parked_wait(wake)
+
+    async def _parked_wait(self, wake: asyncio.Event) -> None:
+        """The slow retry of a parked stream: `alarms.parked_retry_seconds`, or until its
+        account is listed again."""
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.cfg.alarms.parked_retry_seconds):
+                await wake.wait()
 
     def _unpark(self, rt: StreamState) -> None:
         key = rt.stream.key

@@ -222,24 +222,27 @@ async def test_a_thousand_idle_accounts_stay_inside_the_budget() -> None:
                 watcher = tg.create_task(watch())
                 # Let every stream settle into its idle interval, then one event now and then
                 # in a random idle account, timed from creation to commit.
-                await asyncio.sleep(1800)
+                await asyncio.sleep(900)
                 for n in range(12):
                     acct = accounts[(n * 37) % IDLE_ACCOUNTS]
                     for i in sim.add_events(1, account=acct, type="charge.succeeded"):
                         created[i] = clock.monotonic()
                     await asyncio.sleep(97)
-                await asyncio.sleep(600)
+                await asyncio.sleep(300)
                 watcher.cancel()
             stop.set()
             await task
+    limited = sum(n for per in sim.counters().values() for k, n in per.items() if k == "429")
+    assert limited == 0, f"the simulator's limiters answered 429 {limited} times"
     peak = max(transport.per_second.values())
     events_peak = max(transport.events_requests.values())
-    assert peak <= 25 + 3, f"peak {peak} requests in one second"  # the burst allowance
-    assert events_peak <= 25 + 3
-    # Settled: the average over the last half hour is within the idle share (0.5) plus
-    # the platform's busy polls.
+    # A clock-second bin may hold the rate plus the bucket's burst (a tenth of the rate).
+    assert peak <= 25 + 2.5, f"peak {peak} requests in one second"
+    assert events_peak <= 25 + 2.5
+    # Settled: the average over the last 15 minutes is within the idle share (0.5) plus
+    # the platform's polls.
     end = max(transport.per_second)
-    settled = sum(transport.per_second[s] for s in range(end - 1800, end)) / 1800
+    settled = sum(transport.per_second[s] for s in range(end - 900, end)) / 900
     latencies = [commit_at[i] - t for i, t in created.items()]
     assert len(latencies) == len(created), "an idle account's event was never published"
     worst = max(latencies)
