@@ -852,6 +852,8 @@ class Pipeline:
             priority = Priority.BACKFILL if mode == "backfill" else Priority.TAIL
             async for page in self._read_window(p, lo, hi, (), priority):
                 self.readiness.mark_poll_ok()
+                if self.directory is not None and mode == "tail":
+                    self.directory.observe(page)
                 events = [e for e in page if e.id not in walked]
                 walked.update(e.id for e in events)
                 dups = len(page) - len(events)

@@ -234,3 +234,28 @@ def test_every_shipped_scenario_loads() -> None:
     assert {p.stem for p in files} >= {"default", "demo", "bench"}
     for path in files:
         assert load_scenario(str(path)).name == path.stem
+
+
+async def test_accounts_connect_and_revoke_over_the_control_surface(
+    server: SimServer, http: aiohttp.ClientSession
+) -> None:
+    """`POST /_sim/accounts/connect` lists the account and makes it readable;
+    `/_sim/accounts/revoke` takes it off `GET /v1/accounts` and answers 403 for it; both
+    return the id of the account.application.* event, and a bad id is a 400."""
+    acct = "acct_1SimHttpLate000000000"
+    async with http.post(server.url + "/_sim/accounts/connect", json={"account": acct}) as r:
+        assert r.status == 200
+        authorized = (await r.json())["event_id"]
+    async with http.get(server.url + "/v1/accounts", params={"limit": "100"}) as r:
+        assert acct in [a["id"] for a in (await r.json())["data"]]
+    async with http.get(server.url + "/v1/events/" + authorized) as r:
+        event = await r.json()
+        assert (event["type"], event["account"]) == ("account.application.authorized", acct)
+    async with http.post(server.url + "/_sim/accounts/revoke", json={"account": acct}) as r:
+        assert r.status == 200
+    async with http.get(server.url + "/v1/accounts", params={"limit": "100"}) as r:
+        assert acct not in [a["id"] for a in (await r.json())["data"]]
+    async with http.get(server.url + "/v1/events", headers={"Stripe-Account": acct}) as r:
+        assert r.status == 403
+    async with http.post(server.url + "/_sim/accounts/revoke", json={"account": "x"}) as r:
+        assert r.status == 400
