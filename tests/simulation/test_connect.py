@@ -137,6 +137,54 @@ async def test_accounts_connected_and_revoked_mid_run_lose_nothing_and_park_alon
         assert logs.counts["stream parked: an error retrying cannot fix; other streams go on"] == 1
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.looptime
+async def test_an_account_connected_while_the_service_was_down_starts_at_its_connection() -> None:
+    """A service that ran before finds, at its first scan, an account connected while it was
+    down: the account's events since its connection are read (its start is the connection
+    time, not now), exactly once with its `account` header; a first run's accounts start
+    as configured ones do (now: their older events are not read)."""
+    scenario = dataclasses.replace(
+        load_scenario(None),
+        start_time=EPOCH_MS / 1000,
+        history_events=40,
+        history_bursts=0,
+        accounts=(EARLY,),
+        platform_share=0.5,
+        v2_share=0.0,
+        live_rate=0.0,
+        late_share=0.0,
+        faults=Faults(),
+    )
+    with clock.use(LoopClock(EPOCH_MS)), _quiet_logs():
+        sim = Simulator(scenario, seed=3)
+        broker = MemoryBroker(keep_values=False)
+
+        def open_log(cfg: KafkaConfig) -> MemoryLog:
+            return MemoryLog(broker, cfg)
+
+        async with InProcessTransport.for_simulator(sim) as transport:
+            loaded = _loaded()
+            first = await serve(
+                loaded, once=True, transport=transport, open_log=open_log, http=False
+            )
+            assert first == 0
+            assert _published(broker) == []  # a first run without --backfill starts now
+            await asyncio.sleep(60)
+            sim.connect_account(LATE)
+            ids = set(sim.add_events(15, account=LATE, type="charge.succeeded"))
+            await asyncio.sleep(120)
+            again = await serve(
+                loaded, once=True, transport=transport, open_log=open_log, http=False
+            )
+            assert again == 0
+    published = _published(broker)
+    counts = Counter(i for i, _ in published)
+    assert ids <= set(counts)
+    assert max(counts.values()) == 1
+    assert {a for i, a in published if i in ids} == {LATE}
+
+
 class _CountingTransport:
     """Counts each request by the simulated second it was sent in."""
 
