@@ -139,11 +139,17 @@ async def add_webhook(request: web.Request) -> web.Response:
 
 
 async def connect_account(request: web.Request) -> web.Response:
-    """`{account}` -> `{event_id}`: connects the account now (see Simulator.connect_account)."""
-    account = str((await _body(request)).get("account", ""))
+    """`{account, lag_seconds?}` -> `{event_id}`: connects the account now (see
+    Simulator.connect_account)."""
+    body = await _body(request)
+    account = str(body.get("account", ""))
     if not account.startswith("acct_"):
         return _json({"error": "expected an acct_... id"}, 400)
-    return _json({"event_id": request.app[SIM].connect_account(account)})
+    try:
+        lag = float(body.get("lag_seconds", 0.0))
+    except (TypeError, ValueError):
+        return _json({"error": "lag_seconds must be a number"}, 400)
+    return _json({"event_id": request.app[SIM].connect_account(account, lag_seconds=lag)})
 
 
 async def revoke_account(request: web.Request) -> web.Response:

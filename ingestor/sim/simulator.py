@@ -301,16 +301,17 @@ class Simulator:
         self.events.release(now)
         return ids
 
-    def connect_account(self, account: str) -> str:
+    def connect_account(self, account: str, *, lag_seconds: float = 0.0) -> str:
         """Connects `account` now: an `account.application.authorized` event on the
-        platform's stream (its `account` names the connected account), the account listed by
+        platform's stream (its `account` names the connected account; it becomes visible
+        `lag_seconds` later, as Stripe's list is eventually consistent), the account listed by
         `GET /v1/accounts` (created now) and readable from now on; returns the event's id."""
         self.tick()
         now = self.now_ms()
         self.add_account(account)
         self.revoked.discard(account)
         self.connected_ms[account] = now
-        return self._connect_event(AUTHORIZED, account, now)
+        return self._connect_event(AUTHORIZED, account, now, int(lag_seconds * 1000))
 
     def revoke_account(self, account: str) -> str:
         """Revokes the platform's access to `account` now: reads for it answer 403, it leaves
@@ -321,8 +322,9 @@ class Simulator:
         self.revoked.add(account)
         return self._connect_event(DEAUTHORIZED, account, now)
 
-    def _connect_event(self, type_name: str, account: str, now: int) -> str:
-        serial = self.make_event(self.register_type(type_name, "v1"), 0, now)
+    def _connect_event(self, type_name: str, account: str, now: int, lag_ms: int = 0) -> str:
+        type_ix = self.register_type(type_name, "v1")
+        serial = self.make_event(type_ix, 0, now, visible_at=now + lag_ms)
         self.event_account[serial] = account
         self.events.release(now)
         return self.views.event_id(serial)

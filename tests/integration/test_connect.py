@@ -29,7 +29,9 @@ async def test_an_account_connected_mid_run_is_read_and_a_revoked_one_is_parked(
     """An account connected while the service runs has every event since its connection
     (those made before the ingestor could know it included), a revoked one parks its two
     streams only, and every readable event lands exactly once with the right `account`."""
-    scenario = sim_scenario(history_events=300, accounts=(EARLY, REVOKED), platform_share=0.5)
+    scenario = sim_scenario(
+        history_events=0, history_bursts=0, accounts=(EARLY, REVOKED), platform_share=0.5
+    )
     async with SimServer(scenario, seed=73) as server:
         sim = server.sim
         loaded = make_config(
@@ -41,14 +43,23 @@ async def test_an_account_connected_mid_run_is_read_and_a_revoked_one_is_parked(
         )
         stop = asyncio.Event()
         readiness = Readiness()
-        run = asyncio.create_task(serve(loaded, backfill=True, stop=stop, readiness=readiness))
+        # No --backfill: a stream found at start begins now, so only a start at the connection
+        # time reads the late account's first events.
+        run = asyncio.create_task(serve(loaded, stop=stop, readiness=readiness))
         try:
+            await until(lambda: readiness.last_poll_ok_monotonic is not None, within=30)
+            await asyncio.sleep(2)
+            for account in (None, EARLY, REVOKED):
+                sim.add_events(10, account=account, type="charge.succeeded")
+                sim.add_events(3, account=account, api="v2")
             await wait_published(bootstrap, topic_prefix, {t["id"] for t in sim.truth()})
             sim.revoke_account(REVOKED)
             await until(
                 lambda: {f"v1:{REVOKED}", f"v2:{REVOKED}"} <= set(readiness.parked), within=30
             )
-            sim.connect_account(LATE)
+            # Its authorization shows in the platform's list 5 s late: found then, the
+            # account must still be read from its connection.
+            sim.connect_account(LATE, lag_seconds=5)
             late = set(sim.add_events(20, account=LATE, type="charge.succeeded"))
             late |= set(sim.add_events(5, account=LATE, api="v2"))
             unreadable = set(sim.add_events(10, account=REVOKED, type="charge.succeeded"))
