@@ -13,6 +13,7 @@ from tests.integration.harness import (
     check_exactly_once,
     headers,
     make_config,
+    metric,
     sim_scenario,
     until,
     wait_published,
@@ -57,6 +58,9 @@ async def test_an_account_connected_mid_run_is_read_and_a_revoked_one_is_parked(
             await until(
                 lambda: {f"v1:{REVOKED}", f"v2:{REVOKED}"} <= set(readiness.parked), within=30
             )
+            # ...and the rescan the deauthorization set off is done (it must not be the one
+            # that finds the late account).
+            await until(lambda: metric("ingestor_connected_accounts") == 1, within=30)
             # Its authorization shows in the platform's list 5 s late: found then, the
             # account must still be read from its connection.
             sim.connect_account(LATE, lag_seconds=5)
