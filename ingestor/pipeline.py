@@ -315,11 +315,12 @@ class Pipeline:
 
     async def _supervise(self, rt: StreamState) -> None:
         """Reads one stream; parks it, without touching the others, on an error that
-        retrying cannot fix (a connected account that revoked access: 401/403).
+        retrying cannot fix (a connected account that revoked access: 401/403) or when its
+        account leaves (`park_streams`: deauthorized, or gone from the listing).
 
         A parked stream logs one error, sets `ingestor_stream_parked`, shows in /readyz's
-        detail and is tried again every `alarms.parked_retry_seconds`; `--once` finishes the
-        other streams and exits 1.
+        detail and is tried again every `alarms.parked_retry_seconds` (or at once when its
+        account is listed again); `--once` finishes the other streams and exits 1.
         """
         p = rt.stream
         key = p.key
@@ -952,6 +953,7 @@ async def _retrying(fn: Callable[[], Awaitable[object]], what: str) -> None:
 
 
 def configured_apis(config: Config) -> list[Api]:
+    """The apis read for every account: v1 and/or v2 (`stripe.v1`, `stripe.v2`)."""
     apis: list[Api] = []
     if config.stripe.v1:
         apis.append("v1")
