@@ -102,9 +102,17 @@ class KafkaConfig:
     # 0 (BROKER_DEFAULT): the cluster's num.partitions / default.replication.factor.
     topic_partitions: int = 0
     topic_replication: int = 0
+    # Deprecated: the state topic has one partition per shard (`shards`); only 1 or `shards`.
     state_topic_partitions: int = 1
     delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    # Shards: partitions of the coordination topic; accounts map to them by a stable hash.
+    shards: int = 1
+    # The shard a log writes (set per shard by serve(); deprecated as a user setting).
     shard: int = 0
+    # Group protocol timeouts: a dead process's shards move after session_timeout; a revoked
+    # shard must drain and commit within rebalance_timeout.
+    session_timeout: float = 10.0
+    rebalance_timeout: float = 30.0
     transactional_id: str = ""
     max_message_bytes: int = 1_000_000
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
@@ -124,9 +132,23 @@ class KafkaConfig:
         return f"{self.topic_prefix}.all"
 
     @property
+    def coordination_topic(self) -> str:
+        """The topic whose partitions are the shards; its consumer group assigns them."""
+        return f"{self.topic_prefix}._ingestor_shards"
+
+    @property
+    def group_id(self) -> str:
+        return f"ingestor.{self.topic_prefix}"
+
+    @property
     def effective_transactional_id(self) -> str:
         # Derived from the shard, so a second copy of the same shard fences the first.
-        return self.transactional_id or f"ingestor.{self.topic_prefix}.shard-{self.shard}"
+        if not self.transactional_id:
+            return f"ingestor.{self.topic_prefix}.shard-{self.shard}"
+        # One shard keeps the override as it was; several need one id each.
+        if self.shards == 1:
+            return self.transactional_id
+        return f"{self.transactional_id}.shard-{self.shard}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,8 +529,17 @@ def validate(config: Config) -> None:
     for name in ("topic_partitions", "topic_replication"):
         if getattr(k, name) < BROKER_DEFAULT:
             raise ConfigError(f"kafka.{name}", "expected >= 1, or 0 for the broker's default")
-    if k.state_topic_partitions < 1:
-        raise ConfigError("kafka.state_topic_partitions", "expected >= 1")
+    if not 1 <= k.shards <= 1024:
+        raise ConfigError("kafka.shards", "expected 1-1024 shards")
+    if k.state_topic_partitions not in (1, k.shards):
+        raise ConfigError(
+            "kafka.state_topic_partitions",
+            "deprecated: the state topic has one partition per shard (kafka.shards); remove it",
+        )
+    if not 1 <= k.session_timeout < k.rebalance_timeout:
+        raise ConfigError(
+            "kafka.session_timeout", "expected 1 <= session_timeout < rebalance_timeout seconds"
+        )
     if k.security_protocol.startswith("SASL") and not (k.sasl_mechanism and k.sasl_username):
         raise ConfigError("kafka.sasl_mechanism", "SASL needs sasl_mechanism and sasl_username")
     if k.max_message_bytes < 1024:

@@ -163,6 +163,10 @@ class Fenced(IngestorError):
     """Another process took over this shard's transactional id; this one must stop."""
 
 
+class StatePartitionMismatch(IngestorError):
+    """The state topic's partition count is not kafka.shards; retrying cannot help."""
+
+
 class StateCorrupt(IngestorError):
     """A state record could not be decoded; refusing to guess a cursor."""
 

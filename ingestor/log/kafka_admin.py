@@ -58,7 +58,7 @@ async def broker_topic_defaults(admin: AIOKafkaAdminClient) -> tuple[int, int]:
 class TopicAdmin:
     """Creates topics through one lazily started admin client.
 
-    The state topic is created compacted with ``state_topic_partitions`` partitions; every other
+    The state topic is created compacted with one partition per shard (``shards``); every other
     topic (the DLQ included) gets ``topic_partitions``; every topic ``topic_replication``
     replicas. Either at 0 (BROKER_DEFAULT) takes the broker's default, read once. A topic that
     already exists is fine (another process may have made it); its settings are left alone.
@@ -115,7 +115,7 @@ class TopicAdmin:
         configs = {"max.message.bytes": str(c.max_message_bytes + TOPIC_SIZE_SLACK)}
         if name == c.state_topic:
             configs["cleanup.policy"] = "compact"
-            partitions = c.state_topic_partitions
+            partitions = c.shards
         return NewTopic(
             name,
             num_partitions=partitions,

@@ -15,7 +15,7 @@ from aiokafka.errors import (
 )
 
 from ingestor.config import KafkaConfig
-from ingestor.errors import ClosedError, Fenced, IngestorError, KafkaUnavailable
+from ingestor.errors import ClosedError, ConfigError, Fenced, IngestorError, KafkaUnavailable
 from ingestor.events import Record
 from ingestor.log import BatchResult
 from ingestor.log.kafka_admin import TOPIC_SIZE_SLACK, TopicAdmin, wait_for_leaders
@@ -26,6 +26,7 @@ from ingestor.log.partition import CachingPartitioner
 from ingestor.metrics import DLQ_EVENTS, TRANSACTIONS
 from ingestor.resource import AsyncResource
 from ingestor.route import dead_letter, divert_oversized, record_size
+from ingestor.shards import check_state_partitions
 
 # The sink's log events keep their historical logger name (dashboards and alerts match it).
 log = structlog.get_logger("ingestor.sink")
@@ -74,6 +75,8 @@ class KafkaLog(AsyncResource):
     """
 
     def __init__(self, config: KafkaConfig, *, client_id: str = "ingestor") -> None:
+        if not 0 <= config.shard < config.shards:
+            raise ConfigError("kafka.shard", f"shard {config.shard} of {config.shards} shards")
         self._config = config
         self._client_id = client_id
         self._exactly_once = config.delivery == "exactly_once"
@@ -132,7 +135,7 @@ class KafkaLog(AsyncResource):
     async def ensure_topics(self, names: Iterable[str]) -> None:
         """Creates the topics that do not exist yet and waits until the producer sees them.
 
-        The state topic is created compacted with ``state_topic_partitions`` partitions; every
+        The state topic is created compacted with one partition per shard; every
         other topic (the DLQ included) gets ``topic_partitions``. A topic that already exists is
         fine (another process may have made it); its settings are left alone.
         """
@@ -171,10 +174,13 @@ class KafkaLog(AsyncResource):
     # --- state ----------------------------------------------------------------------------
 
     async def restore_state(self) -> dict[bytes, bytes]:
-        """Reads the state topic from its beginning to its end offset with read_committed.
+        """Reads this shard's partition of the state topic (partition n = shard n) from its
+        beginning to its last stable offset with read_committed.
 
         Returns the latest value per key; a tombstone (value None) deletes the key. Creates the
-        state topic when it does not exist yet (then the answer is empty).
+        state topic when it does not exist yet (then the answer is empty). Another shard's open
+        transaction holds back only its own partition's last stable offset, never this one's.
+        Raises StatePartitionMismatch when the topic's partition count is not kafka.shards.
         """
         self._check_open()
         async with self._lock:
@@ -187,12 +193,13 @@ class KafkaLog(AsyncResource):
                     # and aborts its open transaction; otherwise the read_committed end offset
                     # would sit at that transaction's start until it timed out.
                     producer = await self._producer_ready()
-                    partitions = sorted(await producer.partitions_for(state_topic))
+                    partitions = await producer.partitions_for(state_topic)
+                check_state_partitions(state_topic, len(partitions), self._config.shards)
                 state = await read_state(
                     self._client_kwargs(),
                     client_id=self._client_id,
                     topic=state_topic,
-                    partitions=partitions,
+                    partitions=[self._config.shard],
                     round_seconds=self._timeout,
                 )
             except BaseException as exc:
@@ -201,7 +208,12 @@ class KafkaLog(AsyncResource):
                     raise
                 raise self._convert(exc, "restoring state") from exc
             self._healthy = True
-            log.info("sink.state_restored", topic=state_topic, keys=len(state))
+            log.info(
+                "sink.state_restored",
+                topic=state_topic,
+                partition=self._config.shard,
+                keys=len(state),
+            )
             return state
 
     # --- batches --------------------------------------------------------------------------
@@ -367,8 +379,13 @@ class KafkaLog(AsyncResource):
     async def _send_state(
         self, producer: AIOKafkaProducer, state: Mapping[bytes, bytes | None]
     ) -> list[Any]:
-        topic = self._config.state_topic
-        return [await producer.send(topic, value, key=key) for key, value in state.items()]
+        # Explicitly this shard's partition, not by key hash: a restore reads only its own
+        # partition, so no other shard's open transaction can hide this shard's newest state.
+        topic, partition = self._config.state_topic, self._config.shard
+        return [
+            await producer.send(topic, value, key=key, partition=partition)
+            for key, value in state.items()
+        ]
 
     def _check_acks(self, results: list[Any], *, records: int) -> None:
         """Raises the first failure among the acks; the first ``records`` acks belong to batch

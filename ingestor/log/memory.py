@@ -1,12 +1,14 @@
 """An in-memory transactional log with Kafka's semantics, for simulations in simulated time.
 
 Atomic commits of records plus state, abort, fencing by transactional id, a read_committed
-restore with compaction, and hooks to inject unavailability, unknown outcomes and crashes.
+restore with compaction that stops at each partition's last stable offset (an open transaction
+holds it back), and hooks to inject unavailability, unknown outcomes and crashes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,6 +23,7 @@ from ingestor.log import BatchResult
 from ingestor.log.partition import CachingPartitioner
 from ingestor.resource import AsyncResource
 from ingestor.route import divert_oversized
+from ingestor.shards import check_state_partitions
 
 T = TypeVar("T")
 CommitFault = Literal["unavailable", "unknown"]
@@ -82,6 +85,9 @@ class MemoryBroker:
         self.stats = BrokerStats()
         self._topics: dict[str, _Topic] = {}
         self._epochs: dict[str, int] = {}
+        # Each open transaction's first offset per (topic, partition) it wrote to, by
+        # transactional id: what holds a partition's last stable offset back, as in Kafka.
+        self._open: dict[str, dict[tuple[str, int], int]] = {}
         self._faults: deque[CommitFault] = deque()
         self._outage_until: float | None = None
 
@@ -119,6 +125,13 @@ class MemoryBroker:
     def partition_count(self, topic: str) -> int:
         return len(self._topics[topic].partitions)
 
+    def last_stable_offset(self, topic: str, partition: int) -> int:
+        """Where a read_committed reader of the partition stops: the first offset of the
+        oldest transaction still open on it, else the partition's end."""
+        t = self._topics[topic]
+        firsts = [o[(topic, partition)] for o in self._open.values() if (topic, partition) in o]
+        return min(firsts, default=t.next_offsets[partition])
+
     def read_committed(self, topic: str) -> list[LogRecord]:
         """Every committed record of `topic`, by (partition, offset); [] for no such topic."""
         t = self._topics.get(topic)
@@ -130,18 +143,30 @@ class MemoryBroker:
         names = [name for name in self.topics() if name.startswith(topic_prefix)]
         return [r for name in names for r in self.read_committed(name)]
 
-    def latest_per_key(self, topic: str) -> dict[bytes, bytes]:
-        """What a read_committed restore of a compacted topic yields: the last value per key,
-        a tombstone (None) deleting it."""
+    def latest_per_key(
+        self, topic: str, partitions: Sequence[int] | None = None
+    ) -> dict[bytes, bytes]:
+        """What a read_committed restore of a compacted topic (or of some of its partitions)
+        yields: the last value per key, a tombstone (None) deleting it, read up to each
+        partition's last stable offset."""
         state: dict[bytes, bytes] = {}
-        for record in self.read_committed(topic):
-            if record.key is None:
+        t = self._topics.get(topic)
+        if t is None:
+            return state
+        wanted = range(len(t.partitions)) if partitions is None else partitions
+        for partition in wanted:
+            self._latest_into(state, topic, partition)
+        return state
+
+    def _latest_into(self, state: dict[bytes, bytes], topic: str, partition: int) -> None:
+        stable = self.last_stable_offset(topic, partition)
+        for record in self._topics[topic].partitions[partition]:
+            if record.key is None or record.offset >= stable:
                 continue
             if record.value is None:
                 state.pop(record.key, None)
             else:
                 state[record.key] = record.value
-        return state
 
     def epoch(self, transactional_id: str) -> int:
         """The current producer epoch of a transactional id (0: never initialised)."""
@@ -156,7 +181,9 @@ class MemoryBroker:
             )
 
     def _init_producer(self, transactional_id: str) -> int:
-        # Kafka's InitProducerId: a new epoch, which fences every older producer of the id.
+        # Kafka's InitProducerId: a new epoch, which fences every older producer of the id
+        # and aborts its open transaction (so the partitions' last stable offsets move on).
+        self._open.pop(transactional_id, None)
         epoch = self._epochs.get(transactional_id, 0) + 1
         self._epochs[transactional_id] = epoch
         return epoch
@@ -164,18 +191,33 @@ class MemoryBroker:
     def _take_fault(self) -> CommitFault | None:
         return self._faults.popleft() if self._faults else None
 
-    def _append(self, records: Sequence[tuple[str, int, Record | LogRecord]]) -> None:
-        """Appends a whole transaction at once: the only place records become visible."""
+    def _reserve(self, transactional_id: str, topic: str, partition: int) -> int:
+        """The offset of a record sent in an open transaction: taken at once (as Kafka appends
+        it at once), visible only when the transaction commits."""
+        t = self._topics[topic]
+        offset = t.next_offsets[partition]
+        t.next_offsets[partition] = offset + 1
+        self._open.setdefault(transactional_id, {}).setdefault((topic, partition), offset)
+        return offset
+
+    def _end(self, transactional_id: str) -> None:
+        """The transaction of `transactional_id` committed or aborted."""
+        self._open.pop(transactional_id, None)
+
+    def _append(self, records: Sequence[tuple[str, int, int, Record | LogRecord]]) -> None:
+        """Makes a whole transaction visible at once, each record at its reserved offset."""
         now = clock.wall_ms()
         touched: set[str] = set()
-        for topic, partition, r in records:
+        for topic, partition, offset, r in records:
             t = self._topics[topic]
-            offset = t.next_offsets[partition]
-            t.next_offsets[partition] = offset + 1
             value = r.value if (t.compacted or self.keep_values) else b""
-            t.partitions[partition].append(
-                LogRecord(topic, partition, offset, r.key, value, tuple(r.headers), now)
-            )
+            record = LogRecord(topic, partition, offset, r.key, value, tuple(r.headers), now)
+            part = t.partitions[partition]
+            if part and part[-1].offset > offset:
+                # A transaction that opened earlier committed later: its offsets come first.
+                bisect.insort(part, record, key=lambda x: x.offset)
+            else:
+                part.append(record)
             touched.add(topic)
         for topic in touched:
             if self._topics[topic].compacted:
@@ -205,27 +247,42 @@ class MemoryBroker:
 
 @dataclass(slots=True)
 class MemoryTransaction:
-    """An open transaction of one writer: records and state buffered until `commit`."""
+    """An open transaction of one writer: records take their offsets when sent (holding back
+    those partitions' last stable offsets) and become visible at `commit`."""
 
     _log: MemoryLog
     _epoch: int
-    records: list[Record] = field(default_factory=list)
-    state: dict[bytes, bytes | None] = field(default_factory=dict)
+    sent: list[tuple[str, int, int, Record | LogRecord]] = field(default_factory=list)
     done: bool = False
 
     def send(self, records: Iterable[Record]) -> None:
         self._check_open()
-        self.records.extend(records)
+        log = self._log
+        for r in records:
+            if r.topic not in log._broker._topics:
+                log._create_topics([r.topic])
+            partition = log._partition(r.topic, r.key)
+            offset = log._broker._reserve(log._txn_id, r.topic, partition)
+            self.sent.append((r.topic, partition, offset, r))
 
     def send_state(self, state: Mapping[bytes, bytes | None]) -> None:
+        """State records go to the shard's own partition of the state topic (not by key)."""
         self._check_open()
-        self.state.update(state)
+        log = self._log
+        topic, partition = log._config.state_topic, log._config.shard
+        log._create_topics([topic])
+        for key, value in state.items():
+            offset = log._broker._reserve(log._txn_id, topic, partition)
+            self.sent.append((topic, partition, offset, LogRecord(topic, 0, 0, key, value)))
 
     def abort(self) -> None:
         """Drops everything sent in this transaction; nothing of it is ever visible."""
         if not self.done:
             self.done = True
-            self._log._broker.stats.aborts += 1
+            broker = self._log._broker
+            broker.stats.aborts += 1
+            if broker.epoch(self._log._txn_id) == self._epoch:
+                broker._end(self._log._txn_id)
             if self._log._txn is self:
                 self._log._txn = None
 
@@ -244,15 +301,8 @@ class MemoryTransaction:
             if fault == "unavailable":
                 broker.stats.unavailable += 1
                 raise KafkaUnavailable("Kafka failed while committing a batch (injected)")
-            topic = log._config.state_topic
-            out: list[tuple[str, int, Record | LogRecord]] = [
-                (r.topic, log._partition(r.topic, r.key), r) for r in self.records
-            ]
-            out += [
-                (topic, log._partition(topic, key), LogRecord(topic, 0, 0, key, value))
-                for key, value in self.state.items()
-            ]
-            broker._append(out)
+            broker._append(self.sent)
+            broker._end(log._txn_id)
             self.done = True
             log._txn = None
             broker.stats.commits += 1
@@ -284,6 +334,8 @@ class MemoryLog(AsyncResource):
     def __init__(self, broker: MemoryBroker, config: KafkaConfig) -> None:
         if config.delivery != "exactly_once":
             raise ConfigError("kafka.delivery", "the in-memory log models transactions only")
+        if not 0 <= config.shard < config.shards:
+            raise ConfigError("kafka.shard", f"shard {config.shard} of {config.shards} shards")
         self._broker = broker
         self._config = config
         self._txn_id = config.effective_transactional_id
@@ -355,10 +407,15 @@ class MemoryLog(AsyncResource):
             self._check_fenced()
 
             def restore() -> dict[bytes, bytes]:
-                self._create_topics([self._config.state_topic])
+                c = self._config
+                self._create_topics([c.state_topic])
                 if self._epoch is None:
                     self._epoch = self._broker._init_producer(self._txn_id)
-                return self._broker.latest_per_key(self._config.state_topic)
+                check_state_partitions(
+                    c.state_topic, self._broker.partition_count(c.state_topic), c.shards
+                )
+                # Only this shard's partition, up to its last stable offset.
+                return self._broker.latest_per_key(c.state_topic, [c.shard])
 
             return await self._call(restore)
 
@@ -434,7 +491,7 @@ class MemoryLog(AsyncResource):
         c = self._config
         for name in names:
             if name == c.state_topic:
-                self._broker._create_topic(name, c.state_topic_partitions, compacted=True)
+                self._broker._create_topic(name, c.shards, compacted=True)
             else:
                 partitions = c.topic_partitions or self._broker.num_partitions
                 self._broker._create_topic(name, partitions, compacted=False)

@@ -273,7 +273,7 @@ async def test_record_the_broker_rejects_as_too_large_is_diverted_and_batch_retr
 async def test_topics_get_configured_partitions_and_state_topic_is_compacted(
     config: KafkaConfig,
 ) -> None:
-    config = dataclasses.replace(config, topic_partitions=4, state_topic_partitions=2)
+    config = dataclasses.replace(config, topic_partitions=4, shards=2)
     names = [f"{config.topic_prefix}.a", f"{config.topic_prefix}.b"]
     async with Sink(config) as sink, Sink(config) as other:
         # Concurrent and repeated calls for the same names, from two sinks, all succeed.

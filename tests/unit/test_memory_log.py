@@ -175,12 +175,14 @@ async def test_a_crash_or_cancellation_mid_commit_leaves_nothing_visible() -> No
 
 async def test_a_second_writer_with_the_same_id_fences_the_first_for_good() -> None:
     """Restoring with a second writer bumps the epoch: the first writer's next commit raises
-    Fenced and commits nothing, it stays fenced, and the new owner and other ids commit on."""
+    Fenced and commits nothing, it stays fenced, and the new owner and other shards' ids commit
+    on, each shard's state in its own partition."""
     broker = MemoryBroker()
-    first = await ready(broker)
+    config = dataclasses.replace(CONFIG, shards=2)
+    first = await ready(broker, config)
     await first.commit_batch(events("first", 2), {b"p": b"first"})
-    second = await ready(broker)
-    assert broker.epoch(CONFIG.effective_transactional_id) == 2
+    second = await ready(broker, config)
+    assert broker.epoch(config.effective_transactional_id) == 2
     with pytest.raises(Fenced):
         await first.commit_batch(events("zombie", 2), {b"p": b"zombie"})
     assert not first.healthy
@@ -189,12 +191,15 @@ async def test_a_second_writer_with_the_same_id_fences_the_first_for_good() -> N
     with pytest.raises(Fenced):
         await first.restore_state()
     await second.commit_batch(events("second", 2), {b"p": b"second"})
-    other = await ready(broker, dataclasses.replace(CONFIG, shard=1))
+    shard1 = dataclasses.replace(config, shard=1)
+    other = await ready(broker, shard1)
     await other.commit_batch(events("other", 1), {b"q": b"other"})
     assert sorted(ids(broker)) == sorted(
         ["evt_first_0", "evt_first_1", "evt_second_0", "evt_second_1", "evt_other_0"]
     )
-    assert await (await ready(broker)).restore_state() == {b"p": b"second", b"q": b"other"}
+    assert await (await ready(broker, config)).restore_state() == {b"p": b"second"}
+    assert await (await ready(broker, shard1)).restore_state() == {b"q": b"other"}
+    assert [r.partition for r in broker.read_committed(STATE)] == [0, 0, 1]
 
 
 @pytest.mark.looptime
@@ -295,3 +300,46 @@ async def test_close_is_idempotent_and_use_after_close_is_refused() -> None:
         await log.restore_state()
     with pytest.raises(ClosedError):
         await log.ensure_topics([TOPIC])
+
+
+async def test_an_open_transaction_holds_back_its_partitions_last_stable_offset() -> None:
+    """As in Kafka: a record sent in an open transaction takes its offset at once, and a
+    read_committed restore of that partition stops there, hiding even later commits; the
+    hold ends when the transaction commits, aborts, or its id is initialised again."""
+    broker = MemoryBroker()
+    config = dataclasses.replace(CONFIG, transactional_id="a")
+    hung = await ready(broker, config)
+    txn = hung.begin()
+    txn.send_state({b"k": b"hung"})
+    # Another writer sharing partition 0 (same shard number, another id) commits after it.
+    other = await ready(broker, dataclasses.replace(CONFIG, transactional_id="b"))
+    await other.commit_batch([], {b"k2": b"newer"})
+    assert broker.last_stable_offset(STATE, 0) == 0
+    assert broker.latest_per_key(STATE) == {}
+    assert await other.restore_state() == {}
+    # A new incarnation of "a" aborts the hung transaction: the newer commit shows.
+    await ready(broker, config)
+    assert broker.latest_per_key(STATE) == {b"k2": b"newer"}
+    with pytest.raises(Fenced):
+        await txn.commit()
+
+
+async def test_a_shard_restores_its_newest_state_while_another_shard_holds_a_transaction() -> None:
+    """Shard 1 keeps a transaction open on the state topic; shard 0, whose state lives in its
+    own partition, still restores the state it committed after that transaction began."""
+    broker = MemoryBroker()
+    config = dataclasses.replace(CONFIG, shards=2)
+    a = await ready(broker, config)
+    b = await ready(broker, dataclasses.replace(config, shard=1))
+    await a.commit_batch([], {b"a": b"old"})
+    txn = b.begin()
+    txn.send(events("b", 2))
+    txn.send_state({b"b": b"open"})
+    await a.commit_batch(events("a", 1), {b"a": b"new"})
+    assert broker.last_stable_offset(STATE, 1) == 0
+    restarted = await ready(broker, config)
+    assert await restarted.restore_state() == {b"a": b"new"}
+    # The held transaction then commits, and shard 1's restore sees it.
+    await txn.commit()
+    shard1 = await ready(broker, dataclasses.replace(config, shard=1))
+    assert await shard1.restore_state() == {b"b": b"open"}
