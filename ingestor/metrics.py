@@ -132,6 +132,12 @@ POLL_INTERVAL = Gauge(
     ["stream"],
     registry=REGISTRY,
 )
+SHARD_OWNED = Gauge(
+    "ingestor_shard_owned",
+    "1 while this process owns the shard (assigned by the group, not yet released).",
+    ["shard"],
+    registry=REGISTRY,
+)
 CURSOR_EXPIRED = Counter(
     "ingestor_cursor_expired",
     "Windows lost because a cursor aged out of Stripe's 30-day retention.",

@@ -36,6 +36,13 @@ from ingestor.plan import read_through as plan_read_through
 from ingestor.progress import ProgressReporter
 from ingestor.ratelimit import RateBudget
 from ingestor.route import IngestMode, Router
+from ingestor.shards import (
+    RELEASE_MARGIN_SECONDS,
+    ShardGroup,
+    ShardSet,
+    shard_of,
+    streams_by_shard,
+)
 from ingestor.sink import Sink
 from ingestor.stream import Seen, StreamState
 from ingestor.stripe_api import StripeClient
@@ -976,6 +983,25 @@ def discover_streams(config: Config) -> list[Stream]:
     return list(seen)
 
 
+class ShardRouter:
+    """The webhook intake's generation: hands each delivery to the running pipeline of its
+    account's shard; one this process does not own (or whose pipeline is restarting) is
+    answered UNAVAILABLE, so Stripe retries it (and polling reads it meanwhile)."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self.generations: dict[int, Pipeline] = {}
+
+    async def push(self, delivery: Delivery) -> tuple[Ack, str]:
+        generation = self.generations.get(shard_of(delivery.account, self.shards))
+        if generation is None:
+            return Ack.UNAVAILABLE, "kafka"
+        return await generation.push(delivery)
+
+
+ShardGroupFactory = Callable[[KafkaConfig, ShardSet], ShardGroup]
+
+
 async def serve(
     loaded: Loaded,
     *,
@@ -986,16 +1012,25 @@ async def serve(
     readiness: Readiness | None = None,
     transport: Transport | None = None,
     open_log: Callable[[KafkaConfig], TransactionalLog] = Sink,
+    shard_group: ShardGroupFactory | None = None,
     http: bool = True,
     receiver: Receiver | None = None,
 ) -> int:
     """Runs the service until `stop` is set (or, with `once`, until caught up).
 
+    Streams map to shards (`shards.shard_of`); each shard this process owns runs its own
+    generations of `Pipeline` over its streams, with its own transactional log (opened with
+    the shard's number, so its transactional id fences any zombie of that shard). Which shards
+    are owned: those the group on the coordination topic assigns (`shards.ShardGroup`) when
+    the log is Kafka's; every shard with `once` (a one-shot run) or with another log.
+
     The seams the simulation fills: `transport` answers the Stripe client (default: aiohttp
-    over the network), `open_log` opens the transactional log for each generation (default:
-    Kafka), `http=False` leaves out the health server, and `receiver` opens what feeds
-    webhook deliveries to the intake when `webhook.enabled` (default: the HTTP receiver,
-    `ingestor.webhook.WebhookServer`, on its own listener).
+    over the network), `open_log` opens a shard's transactional log for each generation
+    (default: Kafka), `shard_group` makes the group membership (default: Kafka's group when
+    `open_log` is Kafka's, else none: every shard is owned), `http=False` leaves out the
+    health server, and `receiver` opens what feeds webhook deliveries to the intake when
+    `webhook.enabled` (default: the HTTP receiver, `ingestor.webhook.WebhookServer`, on its
+    own listener; a delivery for a shard this process does not own is answered 503).
     """
     cfg = loaded.config
     stop = stop or asyncio.Event()
@@ -1006,6 +1041,15 @@ async def serve(
         if http
         else contextlib.nullcontext()
     )
+    if shard_group is None and open_log is Sink and not once:
+        shard_group = ShardGroup
+    if once:
+        shard_group = None
+    if cfg.kafka.shard != 0:
+        log.warning(
+            "kafka.shard is deprecated and ignored: shards are assigned by the group",
+            shards=cfg.kafka.shards,
+        )
     async with (
         health,
         StripeClient(cfg.stripe, transport=transport) as client,
@@ -1016,42 +1060,92 @@ async def serve(
         if "all" in cfg.stripe.accounts:
             directory = AccountDirectory(client, cfg.stripe.accounts_rescan_seconds)
             await directory.scan()
+        by_shard = streams_by_shard(streams, cfg.kafka.shards)
+        grouped = shard_group is not None
         # Webhooks feed a running service; `--once` reads what is there and exits.
         intake = WebhookIntake(cfg, streams, stop) if cfg.webhook.enabled and not once else None
-        if intake is not None and directory is not None:
-            # Deliveries of connected accounts are taken once their account is found.
-            take = _intake_feed(intake, configured_apis(cfg))
-            take(directory.joined())
-            directory.subscribe(take)
-        async with _open_receiver(cfg.webhook, intake, receiver):
+        router = ShardRouter(cfg.kafka.shards)
+        if intake is not None:
+            intake.generation = router
+            if directory is not None:
+                # Deliveries of connected accounts are taken once their account is found.
+                take = _intake_feed(intake, configured_apis(cfg))
+                take(directory.joined())
+                directory.subscribe(take)
+
+        async def run_shard(shard: int, shard_stop: asyncio.Event) -> None:
+            shard_streams = by_shard[shard]
+            if not shard_streams and directory is None:
+                # No streams, no producer: owning it only keeps it from another process.
+                # (With `accounts = all` any shard may gain a connected account at a rescan.)
+                if not once:
+                    await shard_stop.wait()
+                return
+            structlog.contextvars.bind_contextvars(shard=shard)
+            kafka = dataclasses.replace(cfg.kafka, shard=shard)
+            probe = "kafka" if cfg.kafka.shards == 1 else f"kafka.shard-{shard}"
             try:
-                async with asyncio.TaskGroup() as tg:
-                    rescans = (
-                        tg.create_task(directory.run())
-                        if directory is not None and not once
-                        else None
-                    )
+                while True:
                     try:
                         await _run_generations(
                             cfg,
+                            kafka,
                             client,
                             hydrator,
                             readiness,
-                            streams,
-                            stop,
-                            open_log,
-                            outcome,
-                            intake,
+                            shard_streams,
+                            probe,
+                            router,
                             directory,
+                            open_log=open_log,
+                            stop=shard_stop,
                             backfill=backfill,
                             since=since,
                             once=once,
+                            outcome=outcome,
                         )
-                    finally:
-                        if rescans is not None:
-                            rescans.cancel()
-            except BaseExceptionGroup as exc:
-                raise _unwrap(exc) from None
+                        return
+                    except Fenced as exc:
+                        if not grouped:
+                            raise
+                        # A zombie that still thinks it owns the shard, or this process after
+                        # a pause: the group revokes the shard from whichever it really is
+                        # within a session timeout; if it is still ours then, take it back.
+                        log.error(
+                            "fenced: another producer took this shard; retrying if still owned",
+                            shard=shard,
+                            error=str(exc),
+                            retry_in_s=cfg.kafka.session_timeout,
+                        )
+                        await retry.until_set(shard_stop)(cfg.kafka.session_timeout)
+                        if shard_stop.is_set():
+                            return
+            finally:
+                readiness.remove_probe(probe)
+
+        try:
+            async with _open_receiver(cfg.webhook, intake, receiver), asyncio.TaskGroup() as tg:
+                rescans = (
+                    tg.create_task(directory.run()) if directory is not None and not once else None
+                )
+                release = max(1.0, cfg.kafka.rebalance_timeout - RELEASE_MARGIN_SECONDS)
+                owned = ShardSet(tg, run_shard, release_timeout=release)
+                try:
+                    if shard_group is not None:
+                        await shard_group(cfg.kafka, owned).run(stop)
+                    else:
+                        await owned.assigned(range(cfg.kafka.shards))
+                        # Until every shard is done (--once) or `stop`; then they drain.
+                        if once:
+                            await _unless_stopped(asyncio.wait(owned.tasks()), stop)
+                        else:
+                            await stop.wait()
+                finally:
+                    await owned.release_all()
+                    if rescans is not None:
+                        rescans.cancel()
+        except BaseExceptionGroup as exc:
+            raise _unwrap(exc) from None
     if once and outcome.lost_windows:
         return EXIT_DATA_LOST
     if once and outcome.parked:
@@ -1097,21 +1191,24 @@ def _open_receiver(
 
 async def _run_generations(
     cfg: Config,
+    kafka: KafkaConfig,
     client: StripeClient,
     hydrator: Hydrator,
     readiness: Readiness,
-    streams: list[Stream],
-    stop: asyncio.Event,
-    open_log: Callable[[KafkaConfig], TransactionalLog],
-    outcome: RunOutcome,
-    intake: WebhookIntake | None,
+    streams: Sequence[Stream],
+    probe: str,
+    router: ShardRouter,
     directory: AccountDirectory | None,
     *,
+    open_log: Callable[[KafkaConfig], TransactionalLog],
+    stop: asyncio.Event,
     backfill: bool,
     since: str | None,
     once: bool,
+    outcome: RunOutcome,
 ) -> None:
-    """Runs pipeline generations, a new one after each Kafka failure, until stopped."""
+    """One shard's generations: a Pipeline over its log until `stop`, rebuilt from the state
+    topic after each Kafka failure."""
     restart = retry.forever("kafka generation", on=(KafkaUnavailable,), sleep=retry.until_set(stop))
     generation: Pipeline | None = None
 
@@ -1120,12 +1217,12 @@ async def _run_generations(
         generation = None
         if stop.is_set():
             return
-        async with open_log(cfg.kafka) as sink:
+        async with open_log(kafka) as sink:
 
             async def kafka_ok(sink: TransactionalLog = sink) -> bool:
                 return sink.healthy
 
-            readiness.add_probe("kafka", kafka_ok)
+            readiness.add_probe(probe, kafka_ok)
             generation = Pipeline(
                 cfg,
                 client,
@@ -1141,19 +1238,22 @@ async def _run_generations(
             unsubscribe: Callable[[], None] | None = None
             if directory is not None:
                 generation.directory = directory
-                apply = feed(generation, configured_apis(cfg))
+                shards = cfg.kafka.shards
+
+                def owns(account: str | None) -> bool:
+                    return shard_of(account, shards) == kafka.shard
+
+                apply = feed(generation, configured_apis(cfg), owns)
                 # What was found so far (with its starts), then each change as it is found.
                 apply(directory.joined())
                 unsubscribe = directory.subscribe(apply)
-            if intake is not None:
-                intake.generation = generation
+            router.generations[kafka.shard] = generation
             try:
                 await generation.run(stop)
             finally:
                 if unsubscribe is not None:
                     unsubscribe()
-                if intake is not None:
-                    intake.generation = None
+                router.generations.pop(kafka.shard, None)
 
     def kafka_down(f: retry.Failure) -> None:
         # The last transaction's outcome is unknown: the next generation rebuilds

@@ -102,6 +102,14 @@ class TopicAdmin:
             raise IngestorError(detail)
         return created
 
+    async def partition_count(self, name: str) -> int:
+        """How many partitions the existing topic `name` has (KafkaError when it fails)."""
+        admin = await self._ready()
+        [described] = await admin.describe_topics([name])
+        if described["error_code"]:
+            raise for_code(described["error_code"])(f"describing {name!r}")
+        return len(described["partitions"])
+
     def new_topic(self, name: str) -> NewTopic:
         """The request for `name`; the broker's defaults must be known when the config asks
         for them (create() reads them first)."""
