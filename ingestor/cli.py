@@ -55,7 +55,7 @@ def _config_options() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         action="append",
         default=[],
-        help="set any config key, e.g. --set kafka.shard=3 (repeatable)",
+        help="set any config key, e.g. --set kafka.shards=6 (repeatable)",
     )
     return p
 

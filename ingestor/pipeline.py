@@ -38,6 +38,7 @@ from ingestor.ratelimit import RateBudget
 from ingestor.route import IngestMode, Router
 from ingestor.shards import (
     RELEASE_MARGIN_SECONDS,
+    GroupMembership,
     ShardGroup,
     ShardSet,
     shard_of,
@@ -999,7 +1000,7 @@ class ShardRouter:
         return await generation.push(delivery)
 
 
-ShardGroupFactory = Callable[[KafkaConfig, ShardSet], ShardGroup]
+ShardGroupFactory = Callable[[KafkaConfig, ShardSet], GroupMembership]
 
 
 async def serve(

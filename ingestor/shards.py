@@ -197,6 +197,13 @@ async def ensure_coordination_topic(config: KafkaConfig) -> None:
         )
 
 
+class GroupMembership(Protocol):
+    """What serve() runs to own shards: a member of the group until `stop` (ShardGroup, or a
+    scripted group in the simulation)."""
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
 class ShardGroup:
     """Joins the consumer group on the coordination topic and keeps `shards` in step with the
     assignment Kafka's group protocol makes: a process joining, leaving or dying (no heartbeat
