@@ -23,6 +23,7 @@ from ingestor.errors import (
     IngestorError,
     KafkaUnavailable,
     MalformedResponse,
+    StatePartitionMismatch,
 )
 from ingestor.events import Api, Event, Hydration, Stream
 from ingestor.health import GapAlarm, HealthServer, Readiness
@@ -68,6 +69,7 @@ PUSH_LINGER_S = 0.005
 HELD_RETRY_S = 0.01
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_CONFIG = 2
 EXIT_DATA_LOST = 3
 
 
@@ -1289,6 +1291,9 @@ def main(loaded: Loaded, *, backfill: bool, since: str | None, once: bool) -> in
             return await serve(loaded, backfill=backfill, since=since, once=once, stop=stop)
         except (IngestorError, BaseExceptionGroup) as exc:
             cause = _unwrap(exc)
+            if isinstance(cause, StatePartitionMismatch):
+                log.error("fatal", error=str(cause), kind=type(cause).__name__)
+                return EXIT_CONFIG
             if isinstance(cause, Fenced):
                 log.error("fenced: another instance owns this shard; exiting", error=str(cause))
             elif isinstance(cause, IngestorError):

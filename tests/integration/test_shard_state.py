@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -10,7 +11,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ingestor.config import KafkaConfig
 from ingestor.errors import StatePartitionMismatch
+from ingestor.sim.server import SimServer
 from ingestor.sink import Sink
+from tests.integration.harness import check_output, published, sim_scenario, start
 
 
 @pytest.fixture
@@ -88,3 +91,31 @@ async def test_a_state_topic_with_one_partition_is_refused_under_several_shards(
             await sink.restore_state()
     async with Sink(dataclasses.replace(config, shards=1)) as sink:
         assert await sink.restore_state() == {}
+
+
+async def test_ingestor_run_refuses_a_mismatched_state_topic_with_exit_code_2(
+    config: KafkaConfig, tmp_path: Path
+) -> None:
+    """`ingestor run` with kafka.shards = 2 over a 1-partition state topic exits 2 (bad
+    configuration) with one error line that names the fix, and publishes nothing."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(config.state_topic, num_partitions=1, replication_factor=1)]
+        )
+    finally:
+        await admin.close()
+    scenario = sim_scenario(history_events=20, live_rate=0.0)
+    async with SimServer(scenario, seed=3) as sim:
+        p = await start(
+            sim.url, config.bootstrap_servers, config.topic_prefix, tmp_path, kafka__shards="2"
+        )
+        try:
+            assert await p.wait(60) == 2
+        finally:
+            p.kill()
+    errors = [d for d in check_output(p) if d.get("level") == "error"]
+    assert len(errors) == 1
+    assert "set kafka.shards = 1" in errors[0]["error"]
+    assert await published(config.bootstrap_servers, config.topic_prefix) == []
