@@ -1025,15 +1025,17 @@ async def serve(
     generations of `Pipeline` over its streams, with its own transactional log (opened with
     the shard's number, so its transactional id fences any zombie of that shard). Which shards
     are owned: those the group on the coordination topic assigns (`shards.ShardGroup`) when
-    the log is Kafka's; every shard with `once` (a one-shot run) or with another log.
+    the log is Kafka's and there are several shards; every shard with one shard, with `once`
+    (a one-shot run) or with another log.
 
     The seams the simulation fills: `transport` answers the Stripe client (default: aiohttp
     over the network), `open_log` opens a shard's transactional log for each generation
     (default: Kafka), `shard_group` makes the group membership (default: Kafka's group when
-    `open_log` is Kafka's, else none: every shard is owned), `http=False` leaves out the
-    health server, and `receiver` opens what feeds webhook deliveries to the intake when
-    `webhook.enabled` (default: the HTTP receiver, `ingestor.webhook.WebhookServer`, on its
-    own listener; a delivery for a shard this process does not own is answered 503).
+    `open_log` is Kafka's and kafka.shards > 1, else none: every shard is owned),
+    `http=False` leaves out the health server, and `receiver` opens what feeds webhook
+    deliveries to the intake when `webhook.enabled` (default: the HTTP receiver,
+    `ingestor.webhook.WebhookServer`, on its own listener; a delivery for a shard this
+    process does not own is answered 503).
     """
     cfg = loaded.config
     stop = stop or asyncio.Event()
@@ -1044,10 +1046,11 @@ async def serve(
         if http
         else contextlib.nullcontext()
     )
-    if shard_group is None and open_log is Sink and not once:
-        shard_group = ShardGroup
     if once:
         shard_group = None
+    elif shard_group is None and open_log is Sink and cfg.kafka.shards > 1:
+        # One shard needs no group: the process owns it, exactly as before shards existed.
+        shard_group = ShardGroup
     if cfg.kafka.shard != 0:
         log.warning(
             "kafka.shard is deprecated and ignored: shards are assigned by the group",

@@ -182,8 +182,10 @@ async def ensure_coordination_topic(config: KafkaConfig) -> None:
     admin = TopicAdmin(shaped, kafka_client_kwargs(config), f"ingestor-{config.topic_prefix}")
     try:
         async with asyncio.timeout(config.request_timeout):
-            await admin.create([topic])
-            count = await admin.partition_count(topic)
+            # One this call created has the count it asked for; describing it right away
+            # could fail while its metadata propagates, and every start would wait a retry.
+            created = await admin.create([topic])
+            count = config.shards if created else await admin.partition_count(topic)
     except TimeoutError as exc:
         raise KafkaUnavailable(f"Kafka did not answer creating {topic!r}") from exc
     except KafkaError as exc:
@@ -255,11 +257,15 @@ class ShardGroup:
         finally:
             # Released before leaving: the group must not hand a shard on while it drains.
             await self._shards.release_all()
+            began = asyncio.get_running_loop().time()
             try:
                 async with asyncio.timeout(STOP_SECONDS):
                     await consumer.stop()
             except TimeoutError:
                 log.warning("the shard group's consumer did not stop in time; left behind")
+            log.info(
+                "left the shard group", seconds=round(asyncio.get_running_loop().time() - began, 2)
+            )
 
 
 async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
