@@ -301,11 +301,12 @@ class Pipeline:
                 self._joined_late.add(p)
         if p not in self.runtimes:
             self._api_counts[p.api] = self._api_counts.get(p.api, 0) + 1
+            # Summed over a process's pipelines (one per owned shard); serve() subtracts.
+            self.readiness.streams += 1
         self.runtimes[p] = rt
         # Exported at 0 once the stream is known (labels() leaves a value already set).
         metrics.CURSOR_EXPIRED.labels(stream=p.key)
         metrics.STREAM_PARKED.labels(stream=p.key)
-        self.readiness.streams = len(self.runtimes)
         return rt
 
     def _park(self, key: str, reason: str, kind: str) -> None:
@@ -1260,6 +1261,8 @@ async def _run_generations(
                 if unsubscribe is not None:
                     unsubscribe()
                 router.generations.pop(kafka.shard, None)
+                if generation.restored:
+                    readiness.streams -= len(generation.runtimes)
 
     def kafka_down(f: retry.Failure) -> None:
         # The last transaction's outcome is unknown: the next generation rebuilds
