@@ -112,7 +112,15 @@ class ShardSet:
         for _task, stop in leaving.values():
             stop.set()
         tasks = [task for task, _stop in leaving.values()]
-        _done, late = await asyncio.wait(tasks, timeout=self._release_timeout)
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            # The process itself is being cancelled (a crash, as the simulation's kill): no
+            # drain, the shards' tasks are cancelled with it.
+            for task in tasks:
+                task.cancel()
+            late: set[asyncio.Task[None]] = set()
+        else:
+            _done, late = await asyncio.wait(tasks, timeout=self._release_timeout)
         for task in late:
             task.cancel()
         if late:

@@ -209,3 +209,35 @@ async def test_a_shard_that_does_not_drain_in_time_is_cancelled_and_released() -
         assert shards.owned == set()
     assert cancelled == [4]
     assert owned(4) == 0
+
+
+async def test_a_cancelled_owner_cancels_its_shards_instead_of_draining() -> None:
+    """When the process itself is cancelled (a crash), releasing its shards does not wait for a
+    drain: the shard pipelines are cancelled at once, as a killed process would stop."""
+    drained: list[int] = []
+    cancelled: list[int] = []
+
+    async def run(shard: int, stop: asyncio.Event) -> None:
+        try:
+            await stop.wait()
+            await asyncio.sleep(60)  # a long drain
+            drained.append(shard)
+        except asyncio.CancelledError:
+            cancelled.append(shard)
+            raise
+
+    async def owner(shards: ShardSet) -> None:
+        await shards.assigned([0, 1])
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await shards.release_all()
+
+    async with asyncio.timeout(5), asyncio.TaskGroup() as tg:
+        shards = ShardSet(tg, run, release_timeout=30)
+        task = tg.create_task(owner(shards))
+        await asyncio.sleep(0.05)
+        task.cancel()
+    assert sorted(cancelled) == [0, 1]
+    assert drained == []
+    assert shards.owned == set()
