@@ -50,6 +50,10 @@ class _Topic:
     partitions: list[list[LogRecord]]
     next_offsets: list[int]
     compacted: bool
+    # Compacted topics only: the latest value per key as of the last append (tombstones
+    # removed), kept as records are appended, so a restore or a compaction check costs the
+    # live size, not a scan of every record.
+    live: dict[bytes, bytes] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -218,6 +222,11 @@ class MemoryBroker:
                 bisect.insort(part, record, key=lambda x: x.offset)
             else:
                 part.append(record)
+            if t.compacted and r.key is not None:
+                if r.value is None:
+                    t.live.pop(r.key, None)
+                else:
+                    t.live[r.key] = r.value
             touched.add(topic)
         for topic in touched:
             if self._topics[topic].compacted:
@@ -226,8 +235,7 @@ class MemoryBroker:
     def _maybe_compact(self, topic: str) -> None:
         t = self._topics[topic]
         total = sum(len(p) for p in t.partitions)
-        live = len(self.latest_per_key(topic))
-        if total <= live + COMPACT_SLACK:
+        if total <= len(t.live) + COMPACT_SLACK:
             return
         self.compact(topic)
 
@@ -236,11 +244,17 @@ class MemoryBroker:
         keys whose latest record is a tombstone; what a restore reads stays the same."""
         t = self._topics[topic]
         for index, part in enumerate(t.partitions):
+            # As Kafka's cleaner: nothing at or past the last stable offset is cleaned, so a
+            # record an open transaction still hides never removes the stable one before it.
+            stable = self.last_stable_offset(topic, index)
             last: dict[bytes | None, int] = {}
             for i, record in enumerate(part):
-                last[record.key] = i
+                if record.offset < stable:
+                    last[record.key] = i
             t.partitions[index] = [
-                r for i, r in enumerate(part) if last[r.key] == i and r.value is not None
+                r
+                for i, r in enumerate(part)
+                if r.offset >= stable or (last[r.key] == i and r.value is not None)
             ]
         self.stats.compactions += 1
 

@@ -425,8 +425,20 @@ async def _cron(
 
 def _same_second(sim: Simulator, count: int) -> None:
     """`count` events on one object in one second (Stripe lists them newest first)."""
-    rows = [t for t in sim.truth()[-200:] if t["api"] == "v1" and t["account"] is None]
-    charges = [t["object_id"] for t in rows if str(t["object_id"]).startswith("ch_")]
+    # The last 200 events made visible, read from the store: rendering the whole truth would
+    # cost the run's history on every step.
+    sim.tick()
+    events, views = sim.events, sim.views
+    charges = []
+    for serial in events.visible_order[-200:]:
+        obj = events.obj[serial]
+        if views.api_of(serial) != "v1" or obj < 0:
+            continue
+        if events.streams[events.stream[serial]].account is not None:
+            continue
+        object_id = views.object_id(obj)
+        if object_id.startswith("ch_"):
+            charges.append(object_id)
     if charges:
         sim.add_events(count, type="charge.updated", object_id=charges[-1])
 
