@@ -64,9 +64,13 @@ def rfc3339_to_ms(text: str) -> int:
     return round(dt.timestamp() * 1000)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """An event as read from Stripe, plus the few fields every stage needs pre-extracted."""
+class Event(msgspec.Struct, frozen=True):
+    """An event as read from Stripe, plus the few fields every stage needs pre-extracted.
+
+    Immutable like the frozen dataclasses around it, but a Struct: one is built for every
+    event of every page read, sweeps and poll overlaps included (about ten per event at the
+    default settings), and a Struct is built about ten times faster than a frozen dataclass.
+    """
 
     id: str
     type: str
