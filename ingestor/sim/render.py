@@ -53,19 +53,25 @@ def _slot(name: str) -> str:
     return f"@@SIM_{name}@@"
 
 
-def object_template(kind: Kind, examples: dict[str, dict[str, Any]]) -> Template:
+def object_template(
+    kind: Kind, examples: dict[str, dict[str, Any]], *, slim: bool = False
+) -> Template:
     """The kind's object with id, created, metadata and status turned into slots: built by the
-    project's factories, unless the optional Stripe examples (`stripe_fixtures`) have one."""
+    project's factories, unless the optional Stripe examples (`stripe_fixtures`) have one.
+    `slim` keeps only those fields (and `object`, `livemode`)."""
     if kind.name in examples:
         doc = dict(examples[kind.name])
     else:
         doc = factories.build(kind.name, _slot("ID"), _slot("CREATED"))
+    has_status = "status" in doc
+    if slim:
+        doc = {}
     doc["id"] = _slot("ID")
     doc["object"] = kind.name
     doc["created"] = _slot("CREATED")
     doc["livemode"] = False
     doc["metadata"] = _slot("META")
-    if "status" in doc:
+    if has_status:
         doc["status"] = _slot("STATUS")
     return Template(doc)
 

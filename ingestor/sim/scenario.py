@@ -129,6 +129,7 @@ class Scenario:
     platform_share: float = 1.0
     events_per_object: float = 3.0
     metadata_padding_bytes: int = 0
+    slim_objects: bool = False
     live_rate: float = 0.0
     live_burst_interval_seconds: float = 0.0
     late_share: float = 0.0

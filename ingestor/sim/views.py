@@ -35,7 +35,8 @@ class Views:
         self.obj_blob = bytearray()
         self.type_json: list[bytes] = []
         examples = sim.catalog.examples
-        self.obj_tpl = [object_template(k, examples) for k in sim.kinds]
+        slim = sim.scenario.slim_objects
+        self.obj_tpl = [object_template(k, examples, slim=slim) for k in sim.kinds]
         self.default_status = [jstr(default_status(k, examples)) for k in sim.kinds]
         self.evt_tpl = {(a, p): event_template(a, p) for a in (False, True) for p in (False, True)}
         self.thin_tpl = {

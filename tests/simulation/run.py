@@ -12,12 +12,12 @@ from collections.abc import Iterable
 
 import looptime
 
-from tests.simulation.world import Report, make_plan, run_plan
+from tests.simulation.world import NOOP_CYCLES, Report, make_plan, run_plan
 
 
 def _run(seed: int, *, hours: float, rate: float | None, max_rate: float | None) -> Report:
     plan = make_plan(seed, hours=hours, rate=rate, max_rate=max_rate)
-    loop = looptime.new_event_loop(start=0.0)
+    loop = looptime.new_event_loop(start=0.0, noop_cycles=NOOP_CYCLES)
     try:
         return loop.run_until_complete(run_plan(plan))
     except Exception as exc:  # a crash of the harness or the service is a failed seed too

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from tests.simulation.world import (
+    NOOP_CYCLES,
     SWEEP_WINDOW_S,
     Plan,
     Step,
@@ -55,7 +56,7 @@ def test_the_ci_seeds_cover_every_kind_of_trouble() -> None:
 # A seed takes 2-30 s of wall time on an idle 2-core machine; the default 120 s per test is
 # too tight on a loaded one.
 @pytest.mark.timeout(600)
-@pytest.mark.looptime
+@pytest.mark.looptime(noop_cycles=NOOP_CYCLES)
 @pytest.mark.parametrize("seed", range(SEEDS))
 async def test_a_seeded_scenario_keeps_every_invariant(seed: int) -> None:
     """Every visible event exactly once, per-object order (but for events later than the
@@ -66,7 +67,7 @@ async def test_a_seeded_scenario_keeps_every_invariant(seed: int) -> None:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.looptime
+@pytest.mark.looptime(noop_cycles=NOOP_CYCLES)
 async def test_an_hour_of_live_tail_at_defaults_publishes_nothing_twice() -> None:
     """Finding 1: sweeps of the 10-minute window at 40 events/s take longer than the overlap
     under their 10% budget; the seen window is pruned against the oldest read still running,
@@ -77,7 +78,7 @@ async def test_an_hour_of_live_tail_at_defaults_publishes_nothing_twice() -> Non
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.looptime
+@pytest.mark.looptime(noop_cycles=NOOP_CYCLES)
 async def test_once_every_15_minutes_loses_no_late_event() -> None:
     """Finding 2: the advertised cron use. Each run sweeps from where the last one left its
     bound, so events created before a stop longer than the sweep window and visible after it
@@ -88,7 +89,7 @@ async def test_once_every_15_minutes_loses_no_late_event() -> None:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.looptime
+@pytest.mark.looptime(noop_cycles=NOOP_CYCLES)
 async def test_stops_longer_than_the_sweep_window_lose_nothing() -> None:
     """Finding 2, long-running service: graceful and kill -9 stops of 15 minutes and 2 days,
     with late events up to nine minutes, lose and duplicate nothing."""
@@ -103,7 +104,7 @@ async def test_stops_longer_than_the_sweep_window_lose_nothing() -> None:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.looptime
+@pytest.mark.looptime(noop_cycles=NOOP_CYCLES)
 async def test_same_second_runs_on_one_object_keep_stripe_order() -> None:
     """Finding 3: runs of events on one object within one second reach its partition in
     Stripe's order in the tail, through crashes between them."""

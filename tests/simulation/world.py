@@ -45,6 +45,10 @@ DAY = 86400.0
 # The service's defaults this harness relies on for its checks (asserted against config).
 OVERLAP_S = 5.0
 SWEEP_WINDOW_S = 600.0
+# looptime idles this many loop cycles before it moves time to the next timer (42 by default),
+# a grace for threads and sockets. The simulation has neither: with nothing ready, only a
+# timer can wake it, so time moves at once, the same run with 40 times fewer empty cycles.
+NOOP_CYCLES = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +268,9 @@ def _scenario(plan: Plan) -> Scenario:
         latency_min_ms=40.0,
         latency_max_ms=160.0,
         faults=Faults(),
+        # Stripe-shaped events with small objects: the pipeline parses and routes them like
+        # any other, and a day of sweeps does not cost a day of rendering and skipping 3 KB.
+        slim_objects=True,
     )
 
 
