@@ -40,12 +40,21 @@ class Stream:
 
 def ms_to_rfc3339(ms: int) -> str:
     """Unix milliseconds -> RFC 3339 with milliseconds, as Stripe's v2 API writes it."""
-    # Called for every event's header: only the date part goes through datetime (cached).
+    # Called for every event's header: events come in runs of the same second (a page spans
+    # a few), so the second's text is cached and only the milliseconds are looked up.
     seconds, millis = divmod(ms, 1000)
+    return _second(seconds) + _MILLIS[millis]
+
+
+_MILLIS = [f".{m:03d}Z" for m in range(1000)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
     day, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    return f"{_date(day)}T{hours:02d}:{minutes:02d}:{secs:02d}.{millis:03d}Z"
+    return f"{_date(day)}T{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
 @functools.lru_cache(maxsize=1024)

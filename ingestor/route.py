@@ -3,6 +3,8 @@ contract (README "The contract"; schemas in ingestor/contracts)."""
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import re
 from collections.abc import Sequence
@@ -229,20 +231,26 @@ def record_key(event: Event) -> bytes:
 def event_headers(event: Event, ingest_mode: IngestMode) -> tuple[tuple[str, bytes], ...]:
     """The contract's headers (ingestor/contracts/headers.schema.json). `api_version` is always
     present (empty when Stripe gave none); `account` is absent for the platform itself."""
-    headers: list[tuple[str, bytes]] = [
+    head = (
         ("event_id", event.id.encode()),
         ("event_type", event.type.encode()),
         ("event_created", ms_to_rfc3339(event.created_ms).encode()),
         ("api_version", (event.api_version or "").encode()),
-    ]
+    )
+    tail = _header_tail(event.livemode, event.api, ingest_mode)
     if event.account:
-        headers.append(("account", event.account.encode()))
-    headers += [
-        ("livemode", b"true" if event.livemode else b"false"),
-        ("source", event.api.encode()),
+        return (*head, ("account", event.account.encode()), *tail)
+    return head + tail
+
+
+@functools.cache
+def _header_tail(livemode: bool, api: str, ingest_mode: str) -> tuple[tuple[str, bytes], ...]:
+    # A handful of combinations, built once: this runs for every record published.
+    return (
+        ("livemode", b"true" if livemode else b"false"),
+        ("source", api.encode()),
         ("ingest_mode", ingest_mode.encode()),
-    ]
-    return tuple(headers)
+    )
 
 
 def envelope(event: Event, hydration: Hydration) -> dict[str, Any]:

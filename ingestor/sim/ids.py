@@ -18,12 +18,18 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
+_PAIRS = [a + b for a in ALPHABET for b in ALPHABET]
+
+
 def _base62(value: int, width: int) -> str:
+    # Two digits per divmod (every event and object id is made here): the same digits as one
+    # at a time, least significant first, then reversed.
     out = []
-    for _ in range(width):
-        value, r = divmod(value, 62)
-        out.append(ALPHABET[r])
-    return "".join(reversed(out))
+    for _ in range(width >> 1):
+        value, r = divmod(value, 3844)
+        out.append(_PAIRS[r])
+    text = "".join(reversed(out))
+    return ALPHABET[value % 62] + text if width & 1 else text
 
 
 class IdMaker:
