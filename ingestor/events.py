@@ -130,6 +130,11 @@ class Event(msgspec.Struct, frozen=True):
             head = _V1_HEAD.decode(raw)
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
             raise MalformedResponse(f"malformed v1 event: {exc}"[:200]) from exc
+        return cls.from_v1_head(head, raw, account)
+
+    @classmethod
+    def from_v1_head(cls, head: V1Head, raw: bytes, account: str | None = None) -> Event:
+        """A v1 event from its decoded head (see `V1_PAGE_HEADS`) and its JSON bytes."""
         if not head.id or not head.type:
             raise MalformedResponse("malformed v1 event: empty id or type")
         return cls(
@@ -174,7 +179,7 @@ class _V1Data(msgspec.Struct):
     obj: _V1Object | None = msgspec.field(default=None, name="object")
 
 
-class _V1Head(msgspec.Struct):
+class V1Head(msgspec.Struct):
     """The part of a v1 event routing reads; msgspec skips the rest without building it."""
 
     id: str
@@ -193,8 +198,15 @@ class V1List(msgspec.Struct):
     has_more: bool
 
 
-_V1_HEAD = msgspec.json.Decoder(_V1Head)
+class V1PageHeads(msgspec.Struct):
+    """A v1 list page's event heads, decoded in one call (the raw bytes come from V1_LIST)."""
+
+    data: list[V1Head]
+
+
+_V1_HEAD = msgspec.json.Decoder(V1Head)
 V1_LIST = msgspec.json.Decoder(V1List)
+V1_PAGE_HEADS = msgspec.json.Decoder(V1PageHeads)
 
 
 def _str(value: Any) -> str:

@@ -4,7 +4,6 @@ contract (README "The contract"; schemas in ingestor/contracts)."""
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import re
 from collections.abc import Sequence

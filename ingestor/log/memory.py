@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+import msgspec
+
 from ingestor import clock
 from ingestor.config import KafkaConfig
 from ingestor.errors import ClosedError, ConfigError, Fenced, KafkaUnavailable
@@ -32,9 +34,9 @@ CommitFault = Literal["unavailable", "unknown"]
 COMPACT_SLACK = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
-    """One committed record, as a read_committed consumer would see it."""
+class LogRecord(msgspec.Struct, frozen=True):
+    """One committed record, as a read_committed consumer would see it (a Struct: one is made
+    for every record a simulation publishes, ten times faster than a frozen dataclass)."""
 
     topic: str
     partition: int
@@ -362,6 +364,7 @@ class MemoryLog(AsyncResource):
         self._healthy = False
         # Seeded: keyless records land on the same partitions in every run of a seed.
         self._partitioner = CachingPartitioner(rng=random.Random(0))
+        self._parts: dict[str, list[int]] = {}  # topic -> its partition numbers
 
     def __repr__(self) -> str:
         return f"MemoryLog(transactional_id={self._txn_id!r}, epoch={self._epoch})"
@@ -511,7 +514,10 @@ class MemoryLog(AsyncResource):
                 self._broker._create_topic(name, partitions, compacted=False)
 
     def _partition(self, topic: str, key: bytes | None) -> int:
-        parts = list(range(self._broker.partition_count(topic)))
+        # Per record: the topic's partition list is built once (topics never shrink).
+        parts = self._parts.get(topic)
+        if parts is None or len(parts) != self._broker.partition_count(topic):
+            parts = self._parts[topic] = list(range(self._broker.partition_count(topic)))
         return self._partitioner(key, parts, parts)
 
     def _fence(self) -> Fenced:
