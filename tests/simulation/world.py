@@ -168,6 +168,7 @@ class Report:
     exit_codes: list[int] = field(default_factory=list)
     max_state_ids: int = 0
     max_state_bytes: int = 0
+    requests: int = 0  # answered by the simulator's Stripe API, faults and 429s included
     wall_seconds: float = 0.0
     simulated_hours: float = 0.0
 
@@ -183,7 +184,8 @@ class Report:
             f"{self.stops} stops, {self.outages} outages | lost {len(self.lost)}, "
             f"duplicated {len(self.duplicated)}, out of order {len(self.out_of_order)}, "
             f"unbounded {len(self.unbounded)}, false alarms {len(self.false_alarms)} | "
-            f"{self.simulated_hours:.1f} simulated h in {self.wall_seconds:.1f} s"
+            f"{self.requests} requests, {self.simulated_hours:.1f} simulated h in "
+            f"{self.wall_seconds:.1f} s"
         )
 
     def failure(self) -> str:
@@ -404,6 +406,13 @@ async def run_plan(plan: Plan) -> Report:
             report.simulated_hours = (clock.monotonic() - t0) / HOUR
             _sample_state(broker, loaded, report)
             _check(plan, sim, broker, loaded, logs, report, code)
+            # Every answer is counted once by its status ('stall' also counts its answer).
+            report.requests = sum(
+                n
+                for per in sim.counters().values()
+                for status, n in per.items()
+                if status != "stall"
+            )
     report.wall_seconds = time.perf_counter() - wall
     return report
 
