@@ -60,8 +60,9 @@ class Head:
     # time it is *read through* (alarms use this, not the newest event, which a quiet stream
     # never advances).
     read_through_ms: int | None = None
-    # Lower bound of the next sweep (the previous sweep's start less the sweep window): no
-    # id at or above it may leave the seen window, and a restart sweeps from here.
+    # Lower bound of the next sweep (the earlier of the previous sweep's start and the
+    # read-through time, less the sweep window): no id at or above it may leave the seen
+    # window, and a restart sweeps from here.
     sweep_lo_ms: int | None = None
 
 

@@ -211,6 +211,21 @@ class StreamState:
             self.head.sweep_lo_ms = lo
             self._head_dirty = True
 
+    def finish_sweep(self, started_ms: int, window_ms: int) -> None:
+        """A sweep that began at `started_ms` is done: the next one starts a window behind the
+        earlier of that and the time the stream is read through.
+
+        Not the sweep's start alone: a poll or catch-up lists the newest events first and may
+        take longer than the window to queue the rest (v2 hydration under a tight budget).
+        Meanwhile the sweeps' upper bound (`poll_lo`) stays behind it, and a bound moved on
+        from wall time would pass, unread, the events that read listed before they became
+        visible. Until some read has gone through, the bound stays where it is.
+        """
+        read_through = self.head.read_through_ms
+        if read_through is None:
+            return
+        self.set_sweep_lo(min(started_ms, read_through) - window_ms)
+
     def set_read_through(self, started_ms: int) -> None:
         """A read that began at `started_ms` (wall time) has returned the newest events and
         they are queued: the stream is read through that time."""

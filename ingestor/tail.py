@@ -50,9 +50,10 @@ class Tail:
     period instead of starving the polls. A poll's cost is rate x (overlap + interval), never
     rate x sweep window.
 
-    Each sweep starts where the previous one left the stream's sweep bound (its start less
-    the window), which the state topic keeps: an event visible up to a window late is read
-    by the first sweep that starts after it appeared, however long a sweep or a stop lasted.
+    Each sweep starts where the previous one left the stream's sweep bound (its start, or the
+    time the stream is read through if earlier, less the window), which the state topic
+    keeps: an event visible up to a window late is read by the first sweep that starts after
+    it appeared, however long a sweep, a poll or a stop lasted.
     After a restart the first sweep reads what the last one before the stop still owed, up to
     where the stop began; the catch-up read everything after that as of the restart.
 
@@ -176,8 +177,9 @@ class Tail:
         return new, started
 
     async def _finish_sweep(self, started_ms: int) -> None:
-        """Moves the next sweep's bound to `started_ms` less the window, and persists it."""
-        self._rt.set_sweep_lo(started_ms - self._window_ms)
+        """Moves the next sweep's bound to a window behind `started_ms` or the time the stream
+        is read through, whichever is earlier, and persists it."""
+        self._rt.finish_sweep(started_ms, self._window_ms)
         await self._accept([], None)
 
     async def _collect(

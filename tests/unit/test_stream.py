@@ -270,3 +270,25 @@ def test_an_unchanged_runtime_snapshots_nothing() -> None:
     rt.set_tail_start(0)
     rt.snapshot()
     assert rt.snapshot() == {}
+
+
+def test_a_finished_sweep_bounds_the_next_one_by_its_start_and_the_read_through_time() -> None:
+    """The next sweep's bound never passes what no read has gone through: it follows the
+    sweep's start while polls keep up, the read-through time while they lag behind it, stays
+    put before any read went through, and never moves back."""
+    rt = StreamState(Stream("v2", None))
+    rt.set_tail_start(0)
+    window = 600_000
+    rt.finish_sweep(5_000_000, window)
+    assert rt.sweep_lo_ms == 0  # nothing read through yet
+    rt.set_read_through(4_999_000)
+    rt.finish_sweep(5_000_000, window)
+    assert rt.sweep_lo_ms == 4_999_000 - window  # polls keep up: about the sweep's start
+    rt.finish_sweep(9_000_000, window)  # polls lag an hour behind the sweeps
+    assert rt.sweep_lo_ms == 4_999_000 - window
+    rt.set_read_through(6_000_000)
+    rt.finish_sweep(5_500_000, window)
+    assert rt.sweep_lo_ms == 5_500_000 - window
+    rt.set_read_through(7_000_000)
+    rt.finish_sweep(4_000_000, window)  # an older start never moves it back
+    assert rt.sweep_lo_ms == 5_500_000 - window

@@ -165,3 +165,44 @@ async def test_while_a_sweep_runs_its_range_survives_pruning() -> None:
     t._read = read
     assert await t.sweep() == (0, NOW)
     assert seen_during_sweep == [5]
+
+
+async def test_a_late_event_a_slow_poll_listed_too_early_is_swept_after_it() -> None:
+    """Seed 303: a poll lists the newest page at once, before a late event in it became
+    visible, then takes longer than the sweep window to queue its window (thin events
+    hydrated under a tight budget). The sweeps meanwhile end below the poll window; their
+    next bound follows the time the stream is read through, not the wall clock, so the
+    first sweep after that poll still reads the late event."""
+    f = Fake()
+    f.rt.set_read_through(NOW - 60_000)  # the last poll that went through
+    late = ev(999, NOW - 8_000)  # created 8 s before the poll, visible ~10 s late
+    newest = [ev(1000 + i, NOW - 1_000 - i * 100) for i in range(5)]
+    sweeps: list[tuple[int, int | None]] = []
+    t = f.tail()
+
+    async def read(
+        lo: int, hi: int | None, extra: Sequence[RateBudget], priority: Priority
+    ) -> AsyncIterator[list[Event]]:
+        if hi is None:  # the poll: its first page is listed now, `late` not yet among it
+            page = list(newest)
+            for minute in range(1, 13):  # 12 minutes to queue the rest; sweeps go on
+                f.now = NOW + minute * 60_000
+                _, started = await t.sweep()
+                await t._finish_sweep(started)
+            yield page
+            return
+        sweeps.append((lo, hi))
+        if lo <= late.created_ms < hi:
+            yield [late]
+
+    t._read = read
+    assert await t.poll() == len(newest)
+    assert f.rt.read_through_ms == NOW
+    # While the poll ran, the sweeps could not reach its window.
+    assert all(hi is not None and hi <= NOW - 60_000 - 5_000 for _, hi in sweeps)
+    f.now = NOW + 13 * 60_000
+    new, _ = await t.sweep()
+    assert new == 1
+    assert f.rt.has_seen(late.id, late.created_ms)
+    assert f.rt.sweep_lo_ms is not None
+    assert f.rt.sweep_lo_ms <= late.created_ms
