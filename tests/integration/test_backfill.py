@@ -21,6 +21,7 @@ from ingestor.plan import RETENTION_MARGIN_MS, RETENTION_MS
 from ingestor.sim.scenario import Scenario
 from ingestor.sim.server import SimServer
 from ingestor.sim.simulator import Simulator
+from ingestor.sink import Sink
 from ingestor.state import decode_head, is_head_key
 from tests.integration.harness import (
     TEST_KEY,
@@ -250,6 +251,11 @@ async def test_a_stored_backfill_cursor_past_retention_is_reported_and_once_exit
             run.cancel()  # hard: no drain, nothing more committed
             with pytest.raises(asyncio.CancelledError):
                 await run
+            # A commit the cancelled run had already sent may still complete at the broker:
+            # fence its producer first, as the rerun's start does, so the state read next is
+            # the one the rerun restores.
+            async with Sink(loaded.config.kafka):
+                pass
             stored = (await settled_heads(bootstrap, topic_prefix))["v1:platform"].backfill
             assert stored is not None
             assert not stored.complete
