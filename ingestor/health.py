@@ -10,10 +10,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ingestor.clock import monotonic, wall_ms
-from ingestor.errors import ClosedError
+from ingestor.listener import Listener
 from ingestor.logs import mask_secrets
 from ingestor.metrics import CURSOR_GAP_ALARM, READY, REGISTRY
-from ingestor.resource import AsyncResource
 
 log = structlog.get_logger("ingestor.health")
 
@@ -130,8 +129,10 @@ class Readiness:
 # --- HTTP server ------------------------------------------------------------------------------
 
 
-class HealthServer(AsyncResource):
+class HealthServer(Listener):
     """aiohttp server for /healthz, /readyz and /metrics; port 0 picks a free port (`.port`)."""
+
+    kind = "health"
 
     def __init__(
         self,
@@ -141,51 +142,20 @@ class HealthServer(AsyncResource):
         port: int = 8080,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
+        super().__init__(host=host, port=port)
         self._readiness = readiness
-        self._host = host
-        self._requested_port = port
         self._registry = registry
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-        self._closed = False
-
-    @property
-    def port(self) -> int:
-        if self._closed or self._port is None:
-            raise ClosedError("health server is not running")
-        return self._port
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host
-        return f"http://{host}:{self.port}"
+        return self.base_url
 
-    async def start(self) -> None:
-        if self._closed:
-            raise ClosedError("health server is closed")
-        if self._runner is not None:
-            return
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._requested_port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-        log.info("health server listening", host=self._host, port=self._port)
-
-    async def close(self) -> None:
-        self._closed = True
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        return app
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

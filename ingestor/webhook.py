@@ -23,8 +23,8 @@ from ingestor.errors import (
     WebhookSignatureError,
 )
 from ingestor.events import Event, rfc3339_to_ms
+from ingestor.listener import Listener
 from ingestor.metrics import WEBHOOK_DELIVERIES, WEBHOOK_LATENCY, WEBHOOK_REJECTS
-from ingestor.resource import AsyncResource
 from ingestor.signature import SignatureVerifier
 
 log = structlog.get_logger("ingestor.webhook")
@@ -128,7 +128,7 @@ def _parse_notification(body: bytes) -> Delivery:
 # --- server -----------------------------------------------------------------------------------
 
 
-class WebhookServer(AsyncResource):
+class WebhookServer(Listener):
     """aiohttp listener for `POST <path>`, separate from the ops listener (no /metrics here).
 
     Order per request: bound the body (413 on a Content-Length over `max_body_bytes` before a
@@ -139,6 +139,8 @@ class WebhookServer(AsyncResource):
     (503 past it, so Stripe retries) and map its Ack to the status. Nothing reaches the
     intake before the signature has been verified. Port 0 picks a free port (`.port`).
     """
+
+    kind = "webhook"
 
     def __init__(
         self,
@@ -158,9 +160,8 @@ class WebhookServer(AsyncResource):
             raise ValueError(f"webhook path must start with '/': {path!r}")
         if max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
+        super().__init__(host=host, port=port)
         self._intake = intake
-        self._host = host
-        self._requested_port = port
         self.path = path
         self._verifier = SignatureVerifier(
             secrets, tolerance_seconds=tolerance_seconds, clock_=clock
@@ -168,59 +169,32 @@ class WebhookServer(AsyncResource):
         self._max_body = max_body_bytes
         self._read_timeout = read_timeout_seconds
         self._ack_timeout = ack_timeout_seconds
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"WebhookServer(path={self.path!r}, verifier={self._verifier!r})"
 
     @property
-    def port(self) -> int:
-        if self._closed or self._port is None:
-            raise ClosedError("webhook server is not running")
-        return self._port
-
-    @property
     def url(self) -> str:
-        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host
-        return f"http://{host}:{self.port}{self.path}"
+        return self.base_url + self.path
 
-    async def start(self) -> None:
-        if self._closed:
-            raise ClosedError("webhook server is closed")
-        if self._runner is not None:
-            return
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=self._max_body)
         app.router.add_route("*", self.path, self._handle)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
+        return app
+
+    def _runner_options(self) -> dict[str, Any]:
+        return {
             # The signature covers the bytes as sent; inflating a gzip body first would verify
             # something else and invite decompression bombs.
-            auto_decompress=False,
+            "auto_decompress": False,
             # aiohttp closes a connection whose request headers are not complete within the
             # keep-alive timeout (dribbled bytes do not extend it): this bounds slow headers
             # as `read_timeout_seconds` bounds slow bodies. Idle keep-alive gets as long.
-            keepalive_timeout=self._read_timeout,
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._requested_port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-        log.info("webhook server listening", host=self._host, port=self._port, path=self.path)
+            "keepalive_timeout": self._read_timeout,
+        }
 
-    async def close(self) -> None:
-        self._closed = True
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+    def _listening(self) -> dict[str, Any]:
+        return {"path": self.path}
 
     # --- one request --------------------------------------------------------------------------
 
