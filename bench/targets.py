@@ -42,6 +42,7 @@ from bench.run import (
     stop_sim,
     time_process,
 )
+from bench.run import tail_scenario as run_tail_scenario
 from ingestor.sim.scenario import Scenario, load_scenario
 
 CPU_EVENTS = 100_000
@@ -220,20 +221,9 @@ async def measure_hydration(session: aiohttp.ClientSession, bootstrap: str) -> H
 
 
 def tail_scenario() -> Scenario:
-    """A quiet account (100 events of history) until the run turns on live traffic."""
-    return dataclasses.replace(
-        load_scenario("bench"),
-        history_events=100,
-        history_bursts=0,
-        live_rate=0.0,
-        v2_share=0.0,
-        accounts=(),
-        late_share=0.0,
-        rate_limit=100.0,
-        endpoint_rate_limit=0.0,
-        latency_min_ms=50.0,
-        latency_max_ms=150.0,
-    )
+    """The throughput run's quiet account (`bench.run.tail_scenario`), with no late events and
+    no endpoint limit: what is measured is how soon a visible event is committed."""
+    return dataclasses.replace(run_tail_scenario(), late_share=0.0, endpoint_rate_limit=0.0)
 
 
 @dataclass(frozen=True)
