@@ -193,6 +193,24 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+async def wait_ready(
+    sim: Sim, http_port: int, proc: asyncio.subprocess.Process, log_path: Path, what: str
+) -> None:
+    """Waits up to 60 s for the ingestor's /readyz to answer 200; raises with its log tail if
+    it never does or exits first."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            async with sim.session.get(f"http://127.0.0.1:{http_port}/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline or proc.returncode is not None:
+            raise RuntimeError(f"{what} never became ready:\n" + _log_tail(log_path))
+        await asyncio.sleep(0.2)
+
+
 def ingestor_env(
     sim: Sim, bootstrap: str, prefix: str, http_port: int, extra: Mapping[str, str]
 ) -> dict[str, str]:
@@ -424,17 +442,7 @@ async def measure_tail(
     with log_path.open("wb") as log:
         proc = await spawn_ingestor([], env, log)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    async with sim.session.get(f"http://127.0.0.1:{http_port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline or proc.returncode is not None:
-                    raise RuntimeError("tail run never became ready:\n" + _log_tail(log_path))
-                await asyncio.sleep(0.2)
+            await wait_ready(sim, http_port, proc, log_path, "tail run")
             started_ms = int(time.time() * 1000)
             await sim.post("/_sim/config", {"live_rate": rate})
             await asyncio.sleep(seconds)

@@ -34,13 +34,13 @@ from bench.run import (
     IngestorRun,
     Sim,
     _free_port,
-    _log_tail,
     ingestor_env,
     run_ingestor,
     spawn_ingestor,
     start_sim,
     stop_sim,
     time_process,
+    wait_ready,
 )
 from bench.run import tail_scenario as run_tail_scenario
 from ingestor.sim.scenario import Scenario, load_scenario
@@ -281,17 +281,7 @@ async def measure_tail_latency(sim: Sim, bootstrap: str, log_path: Path) -> Tail
         try:
             async with asyncio.TaskGroup() as tg:
                 watcher = tg.create_task(_watch(bootstrap, prefix, seen, stop))
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        async with sim.session.get(f"http://127.0.0.1:{http_port}/readyz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    if time.monotonic() > deadline or proc.returncode is not None:
-                        raise RuntimeError("tail never became ready:\n" + _log_tail(log_path))
-                    await asyncio.sleep(0.2)
+                await wait_ready(sim, http_port, proc, log_path, "tail")
                 started_ms = time.time() * 1000
                 lists = await sim.list_requests()
                 await sim.post("/_sim/config", {"live_rate": TAIL_RATE})
