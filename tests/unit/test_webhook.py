@@ -98,7 +98,11 @@ async def server(intake: FakeIntake) -> AsyncIterator[WebhookServer]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    # One connection per request: the fixture's server drops idle keep-alive connections after
+    # READ_TIMEOUT (0.3 s), and on a loaded machine a pooled connection can be reused just as the
+    # server closes it (connection reset). Keep-alive itself is not what these tests check.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
         yield session
 
 
