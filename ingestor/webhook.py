@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from ingestor.clock import Clock, monotonic
 from ingestor.errors import (
@@ -179,7 +179,7 @@ class WebhookServer(Listener):
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=self._max_body)
-        app.router.add_route("*", self.path, self._handle)
+        app.router.add_route("*", self.path, self._handle, expect_handler=self._expect)
         return app
 
     def _runner_options(self) -> dict[str, Any]:
@@ -203,6 +203,29 @@ class WebhookServer(Listener):
         response = await self._answer(request)
         WEBHOOK_LATENCY.labels(status=str(response.status)).observe(monotonic() - started)
         return response
+
+    async def _expect(self, request: web.Request) -> web.Response | None:
+        """`Expect: 100-continue` is answered only for a request that may be read: a wrong
+        method or an announced body over the limit is refused before the client sends it."""
+        try:
+            if request.method != "POST":
+                raise WebhookRejected(METHOD, "only POST is served")
+            length = request.content_length
+            if length is not None and length > self._max_body:
+                raise WebhookRejected(TOO_LARGE, f"Content-Length {length} over {self._max_body}")
+        except WebhookRejected as exc:
+            response = self._response({"error": exc.reason}, self._reject(exc, request.remote))
+            # The client was told nothing yet: it may still send the body, which is not read.
+            response.force_close()
+            return response
+        if request.version < HttpVersion11:
+            return None  # HTTP/1.0 has no interim responses; the body simply follows
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return self._response({"error": "expectation_failed"}, 417)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # What follows is the real response; the interim one is not part of its size.
+        request.writer.output_size = 0
+        return None
 
     async def _answer(self, request: web.Request) -> web.Response:
         try:

@@ -250,6 +250,61 @@ async def test_huge_body_is_413_before_it_is_read(
     assert intake.deliveries == []
 
 
+async def test_expect_continue_refuses_an_oversized_body_before_inviting_it(
+    server: WebhookServer, intake: FakeIntake
+) -> None:
+    """With `Expect: 100-continue` and a Content-Length over the limit, the first thing the
+    client gets is the 413 (never `100 Continue`), before it has sent any body byte."""
+    before = rejects("too_large")
+    head = (
+        f"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY + 1}\r\n"
+        f"Expect: 100-continue\r\nStripe-Signature: t=1,v1=00\r\n\r\n"
+    ).encode()
+    answer = await raw_exchange(server, head)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:40]
+    assert b"100 Continue" not in answer
+    assert rejects("too_large") == before + 1
+    assert intake.deliveries == []
+
+
+async def test_expect_continue_invites_an_acceptable_body_then_answers_it(
+    server: WebhookServer, intake: FakeIntake
+) -> None:
+    """With `Expect: 100-continue` and a body within the limit, the server answers
+    `100 Continue` before the body is sent, then 200 once the signed body arrives."""
+    head = (
+        f"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: {len(V1_BODY)}\r\n"
+        f"Expect: 100-continue\r\nStripe-Signature: {signed(V1_BODY)['Stripe-Signature']}"
+        f"\r\nConnection: close\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(head)
+        async with asyncio.timeout(5):
+            interim = await reader.readuntil(b"\r\n\r\n")
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(V1_BODY)
+        async with asyncio.timeout(5):
+            final = await reader.read(65536)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert final.startswith(b"HTTP/1.1 200"), final[:40]
+    assert len(intake.deliveries) == 1
+
+
+async def test_an_unknown_expectation_is_417(server: WebhookServer, intake: FakeIntake) -> None:
+    """An `Expect` other than 100-continue is answered 417 and nothing reaches the intake."""
+    head = (
+        f"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: {len(V1_BODY)}\r\n"
+        f"Expect: teapot\r\nStripe-Signature: {signed(V1_BODY)['Stripe-Signature']}\r\n\r\n"
+    ).encode()
+    answer = await raw_exchange(server, head + V1_BODY)
+    assert answer.startswith(b"HTTP/1.1 417"), answer[:40]
+    assert intake.deliveries == []
+
+
 async def test_chunked_body_over_the_limit_is_413(
     server: WebhookServer, intake: FakeIntake
 ) -> None:
