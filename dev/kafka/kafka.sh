@@ -56,7 +56,7 @@ up() {
   configure
   echo "kafka: starting broker on 127.0.0.1:$port (log: $logfile)"
   # setsid: the broker must outlive the make process that started it.
-  setsid nohup java -Xms256m -Xmx512m -XX:+UseG1GC \
+  setsid nohup java -Xms512m -Xmx2g -XX:+UseG1GC \
     -Dlog4j2.configurationFile="$here/log4j2.properties" \
     -Dkafka.logs.dir="$state" \
     -cp "$(java_cp)" kafka.Kafka "$state/server.properties" \
