@@ -302,6 +302,7 @@ async def list_accounts(client: StripeClient) -> list[Listed]:
 __all__ = [
     "AUTHORIZED",
     "DEAUTHORIZED",
+    "GONE",
     "AccountDirectory",
     "Change",
     "Joined",
