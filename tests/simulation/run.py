@@ -28,7 +28,7 @@ def _run(seed: int, *, hours: float, rate: float | None, max_rate: float | None)
         loop.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.simulation.run")
     parser.add_argument("--seed", type=int, help="replay this one seed")
     parser.add_argument("--seeds", type=int, default=1, help="how many seeds from --first")
@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None, help="events/s (default: drawn)")
     parser.add_argument("--max-rate", type=float, default=None, help="cap on the drawn rate")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     counted = ("seeds", "hours", "events", "crashes", "stops", "outages")
     connect = ("connects", "joined_events", "revokes", "restores", "while_revoked")

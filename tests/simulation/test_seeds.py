@@ -8,12 +8,14 @@ import os
 
 import pytest
 
+from tests.simulation.run import make_parser
 from tests.simulation.world import (
     CONNECTED,
     NOOP_CYCLES,
     REVOKED,
     SWEEP_WINDOW_S,
     Plan,
+    Report,
     Step,
     make_plan,
     run_plan,
@@ -62,6 +64,21 @@ def test_the_ci_seeds_cover_every_kind_of_trouble() -> None:
     stops = [s.seconds for p in plans for s in p.steps if s.kind.endswith("stop")]
     assert max(stops) > 6 * 3600
     assert any(s > SWEEP_WINDOW_S for s in stops)
+
+
+def test_a_failing_seed_prints_the_command_that_draws_its_plan_again() -> None:
+    """The replay line of a failure names every argument the plan was drawn with: a CI seed
+    is drawn under a rate cap that changes every later draw, so a command without it would
+    replay another plan."""
+    for seed, rate in ((7, None), (8, None), (9, None), (12, 5.0)):
+        plan = make_plan(seed, hours=SEED_HOURS, rate=rate, max_rate=SEED_MAX_RATE)
+        line = Report(plan).failure().splitlines()[-1]
+        prefix = "replay: python -m tests.simulation.run "
+        assert line.startswith(prefix)
+        args = make_parser().parse_args(line.removeprefix(prefix).split())
+        again = make_plan(args.seed, hours=args.hours, rate=args.rate, max_rate=args.max_rate)
+        assert again == plan
+    assert make_plan(7, hours=SEED_HOURS) != make_plan(7, hours=SEED_HOURS, max_rate=20)
 
 
 # A seed takes 2-30 s of wall time on an idle 2-core machine; the default 120 s per test is

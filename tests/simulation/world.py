@@ -104,6 +104,9 @@ class Plan:
     # `STRIPE_ACCOUNTS=all`: the accounts are found by GET /v1/accounts (and rescans), not
     # configured; only then can an account connect mid-run.
     discover: bool = False
+    # The `python -m tests.simulation.run` arguments that draw this plan again (make_plan's
+    # own arguments: a capped or fixed rate changes every draw after it); "" = built by hand.
+    replay: str = ""
 
     @property
     def restored(self) -> bool:
@@ -127,6 +130,9 @@ def make_plan(
     """Draws a scenario from `seed`: the same seed always gives the same plan. One seed in
     five runs `--once` every 15 minutes (the cron use) instead of a long-running service."""
     rng = random.Random(seed)
+    replay = f"--seed {seed} --hours {hours:g}"
+    replay += "" if rate is None else f" --rate {rate:g}"
+    replay += "" if max_rate is None else f" --max-rate {max_rate:g}"
     if seed % 5 == 4:
         return Plan(
             seed=seed,
@@ -138,6 +144,7 @@ def make_plan(
             accounts=(),
             steps=(),
             cron_seconds=900.0,
+            replay=replay,
         )
     rates = [r for r in (5.0, 10.0, 20.0, 50.0) if max_rate is None or r <= max_rate]
     rate = rate if rate is not None else rng.choice(rates)
@@ -197,6 +204,7 @@ def make_plan(
         accounts=accounts,
         steps=tuple(steps),
         discover=discover,
+        replay=replay,
     )
 
 
@@ -251,8 +259,9 @@ class Report:
             if items:
                 parts.append(f"{name}: {items[:5]}")
         parts.append(
-            f"replay: python -m tests.simulation.run --seed {self.plan.seed} "
-            f"--hours {self.plan.hours:g}"
+            f"replay: python -m tests.simulation.run {self.plan.replay}"
+            if self.plan.replay
+            else f"replay: the test that built this plan by hand (seed {self.plan.seed})"
         )
         return "\n".join(parts)
 
