@@ -134,16 +134,32 @@ def make_plan(
     replay += "" if rate is None else f" --rate {rate:g}"
     replay += "" if max_rate is None else f" --max-rate {max_rate:g}"
     if seed % 5 == 4:
+        cron_rate = rng.choice([5.0, 20.0])
+        cron_v2 = rng.choice([0.0, 0.2])
+        # Connect while no process runs: accounts that connect between two runs, and one
+        # whose access is revoked between two and restored before a later one.
+        cron_span = hours * HOUR
+        found: list[Step] = []
+        cron_accounts: tuple[str, ...] = ()
+        if rng.random() < 0.5:
+            for n in range(rng.choice([1, 2])):
+                found.append(Step(rng.uniform(30, cron_span - 60), "connect", 0.0, n))
+            if rng.random() < 0.5:
+                cron_accounts = (REVOKED,)
+                at = rng.uniform(30, cron_span - 60)
+                back = min(at + rng.uniform(20, 1800), cron_span - 30)
+                found += [Step(at, "revoke"), Step(back, "restore")]
         return Plan(
             seed=seed,
             hours=hours,
-            rate=rng.choice([5.0, 20.0]),
+            rate=cron_rate,
             late_share=0.1,
             lag_max=SWEEP_WINDOW_S - 60,
-            v2_share=rng.choice([0.0, 0.2]),
-            accounts=(),
-            steps=(),
+            v2_share=cron_v2,
+            accounts=cron_accounts,
+            steps=tuple(sorted(found, key=lambda s: s.at)),
             cron_seconds=900.0,
+            discover=bool(found),
             replay=replay,
         )
     rates = [r for r in (5.0, 10.0, 20.0, 50.0) if max_rate is None or r <= max_rate]
@@ -417,13 +433,15 @@ async def run_plan(plan: Plan) -> Report:
                 logs_open.clear()
 
             t0 = clock.monotonic()
+            revoked_ms = restored_ms = 0
             if plan.cron_seconds:
-                await _cron(plan, loaded, transport, open_log, report, t0)
+                revoked_ms, restored_ms = await _cron(
+                    plan, sim, loaded, transport, open_log, report, t0
+                )
                 task = start()  # the final stop below expects a running service
             else:
                 task = start()
             faults_until = 0.0
-            revoked_ms = restored_ms = 0
             revoked_mono = 0.0
             for step in () if plan.cron_seconds else plan.steps:
                 await asyncio.sleep(max(0.0, step.at - (clock.monotonic() - t0)))
@@ -535,14 +553,19 @@ async def run_plan(plan: Plan) -> Report:
 
 async def _cron(
     plan: Plan,
+    sim: Simulator,
     loaded: config.Loaded,
     transport: InProcessTransport,
     open_log: Any,
     report: Report,
     t0: float,
-) -> None:
-    """`ingestor run --once` every `cron_seconds`, the first one with `--backfill`."""
+) -> tuple[int, int]:
+    """`ingestor run --once` every `cron_seconds`, the first one with `--backfill`; the
+    plan's Connect steps happen between runs. Returns when REVOKED was revoked and restored
+    (0: never). A run exits 1 exactly while REVOKED is revoked (its streams are parked)."""
     first = True
+    pending = list(plan.steps)
+    revoked_ms = restored_ms = 0
     while clock.monotonic() - t0 < plan.hours * HOUR:
         began = clock.monotonic()
         code = await serve(
@@ -550,9 +573,25 @@ async def _cron(
         )
         first = False
         report.stops += 1
-        if code != 0:
+        if code != (1 if REVOKED in sim.revoked else 0):
             report.false_alarms.append(f"cron run exited {code}")
-        await asyncio.sleep(max(0.0, plan.cron_seconds - (clock.monotonic() - began)))
+        next_run = began + plan.cron_seconds
+        while pending and t0 + pending[0].at < next_run:
+            step = pending.pop(0)
+            await asyncio.sleep(max(0.0, t0 + step.at - clock.monotonic()))
+            if step.kind == "connect":
+                report.connects += 1
+                sim.connect_account(joined_account(step.count), lag_seconds=step.seconds)
+            elif step.kind == "revoke":
+                report.revokes += 1
+                revoked_ms = sim.now_ms()
+                sim.revoke_account(REVOKED)
+            elif step.kind == "restore":
+                report.restores += 1
+                restored_ms = sim.now_ms()
+                sim.connect_account(REVOKED)
+        await asyncio.sleep(max(0.0, next_run - clock.monotonic()))
+    return revoked_ms, restored_ms
 
 
 def _same_second(sim: Simulator, count: int) -> None:
@@ -652,7 +691,7 @@ def _check(
     )
     # Bounded: what a restart reads holds about rate x (sweep window x 2 + slack), never
     # history; the ceiling is generous (bursts and same-second runs add to the rate).
-    streams = 2 * (1 + len(plan.accounts))
+    streams = 2 * (1 + len(plan.accounts) + len(_connects(plan)))
     ceiling = int(plan.rate * SWEEP_WINDOW_S * 3 + 2000 * streams + 3000)
     if report.max_state_ids > ceiling:
         report.unbounded.append(f"state held {report.max_state_ids} ids (> {ceiling})")
