@@ -4,9 +4,9 @@ model (in-process transport) and an in-memory log with Kafka's semantics.
 A `Plan` is drawn from a seed: traffic (steady, bursts, same-second runs on one object, late
 events up to the sweep window), and a timeline of crashes at random instants, graceful stops
 and stops shorter and longer than the sweep window (up to 2 days), broker outages, API fault
-mixes, accounts that connect mid-run (found by the `accounts = all` rescan) and a connected
-account revoked mid-run, restored later or never. `run_plan` plays it at the service's
-default settings, then checks the invariants against the simulator's ground truth: every
+mixes, accounts that connect mid-run (found by the `accounts = all` rescan, or in the cron
+mode between two runs) and a connected account revoked mid-run, restored later or never.
+`run_plan` plays it at the service's default settings, then checks the invariants against the simulator's ground truth: every
 visible event published exactly once, per-object order within each Kafka partition (except
 events visible later than the overlap), bounded state, and no alarm without a lost window.
 
@@ -20,7 +20,8 @@ that became visible less than `REVOKE_MARGIN_S` before it, were never readable b
 are not counted as lost. To make that margin enough, a revocation that is never restored
 comes after `REVOKE_QUIET_S` of undisturbed running (no crash, stop, outage or fault window).
 
-Replay one seed: `python -m tests.simulation.run --seed N` (the failure message prints it).
+Replay one seed: `python -m tests.simulation.run --seed N --hours H [--max-rate R]` (the
+failure message prints the exact command, `Plan.replay`).
 """
 
 from __future__ import annotations
