@@ -6,9 +6,10 @@ events up to the sweep window), and a timeline of crashes at random instants, gr
 and stops shorter and longer than the sweep window (up to 2 days), broker outages, API fault
 mixes, accounts that connect mid-run (found by the `accounts = all` rescan, or in the cron
 mode between two runs) and a connected account revoked mid-run, restored later or never.
-`run_plan` plays it at the service's default settings, then checks the invariants against the simulator's ground truth: every
-visible event published exactly once, per-object order within each Kafka partition (except
-events visible later than the overlap), bounded state, and no alarm without a lost window.
+`run_plan` plays it at the service's default settings, then checks the invariants against
+the simulator's ground truth: every visible event published exactly once, per-object order
+within each Kafka partition (except events visible later than the overlap), bounded state,
+and no alarm without a lost window.
 
 What "visible" means for Connect (README, Connected accounts): an account connected mid-run
 is read from its connection time (the `created` of its authorization event, or of the
