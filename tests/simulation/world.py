@@ -535,7 +535,8 @@ async def run_plan(plan: Plan) -> Report:
             # Let every late event become visible, then one `--once` run catches up.
             sim.tick()
             sim.set_live_rate(0.0)
-            await asyncio.sleep(plan.lag_max + 5)
+            # (An authorization event is late by its own lag: the connect step's.)
+            await asyncio.sleep(max([plan.lag_max] + [s.seconds for s in _connects(plan)]) + 5)
             final = serve(loaded, once=True, transport=transport, open_log=open_log, http=False)
             code = await final
             report.exit_codes.append(code)
