@@ -400,9 +400,11 @@ async def run_plan(plan: Plan) -> Report:
             stop = asyncio.Event()
             first = True
             readiness = Readiness()
+            started = 0.0
 
             def start() -> asyncio.Task[int]:
-                nonlocal first, stop, readiness
+                nonlocal first, stop, readiness, started
+                started = clock.monotonic()
                 stop = asyncio.Event()
                 readiness = Readiness()
                 run = serve(
@@ -505,7 +507,9 @@ async def run_plan(plan: Plan) -> Report:
             end = plan.hours * HOUR
             if revoked_ms and not plan.restored:
                 # Time for the running service to notice (a 403 or the deauthorization).
-                end = max(end, revoked_mono - t0 + PARK_NOTICE_S)
+                # (From the later of the revocation and the last start: a new process parks
+                # the account at its first read.)
+                end = max(end, max(revoked_mono, started) - t0 + PARK_NOTICE_S)
             await asyncio.sleep(max(0.0, end - (clock.monotonic() - t0)))
             if revoked_ms and not plan.restored:
                 # The park is reported while the service runs (a /readyz detail per stream),
