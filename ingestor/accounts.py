@@ -31,6 +31,9 @@ CONNECT_EVENTS = frozenset({AUTHORIZED, DEAUTHORIZED, "v1." + AUTHORIZED, "v1." 
 # finish before the start itself ages out (which would be reported as a lost window).
 START_MARGIN_MS = 3600 * 1000
 GONE = "no longer listed by GET /v1/accounts (access revoked or account removed)"
+# A deauthorization older than a listing that shows the account by more than this was
+# undone (access given back) before that listing; the margin is for the listing's lag.
+LISTING_SETTLE_MS = 60 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,7 @@ class _Account:
     listed: bool
     start_ms: int | None
     initial: bool
+    listed_ms: int = 0  # when a scan last listed it
 
 
 @dataclass(slots=True)
@@ -197,7 +201,8 @@ class AccountDirectory:
 
     def observe(self, events: Iterable[Event]) -> None:
         """Looks at events a stream read: an authorization is remembered (its `created` is the
-        account's connection time) and a deauthorization parks the account now; either makes
+        account's connection time) and a deauthorization parks the account now (unless a scan
+        listed it well after the event: access was given back since); either makes
         the next rescan happen at once."""
         for e in events:
             if e.type not in CONNECT_EVENTS:
@@ -224,6 +229,10 @@ class AccountDirectory:
             return  # authorized again since
         if known is None or not known.listed:
             return
+        if known.listed_ms - created_ms > LISTING_SETTLE_MS:
+            # Listed again since (a catch-up reads old events after the process's scans):
+            # access was given back, so the stream goes on.
+            return
         known.listed = False
         self._publish(Change(left=(Left(account, f"{DEAUTHORIZED} at {created_ms // 1000}"),)))
 
@@ -246,6 +255,8 @@ class AccountDirectory:
                 self._accounts[j.account] = _Account(True, j.start_ms, j.initial)
         for gone in change.left:
             self._accounts[gone.account].listed = False
+        for a in listed:
+            self._accounts[a.id].listed_ms = now
         metrics.CONNECTED_ACCOUNTS.set(len(listed))
         if change.joined and not first:
             log.info("connected accounts found", accounts=[j.account for j in change.joined][:20])
@@ -302,6 +313,8 @@ async def list_accounts(client: StripeClient) -> list[Listed]:
 __all__ = [
     "AUTHORIZED",
     "DEAUTHORIZED",
+    "GONE",
+    "LISTING_SETTLE_MS",
     "AccountDirectory",
     "Change",
     "Joined",

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import structlog
 
 from ingestor import clock, metrics, retry
-from ingestor.accounts import AccountDirectory, Change, feed, streams_of
+from ingestor.accounts import GONE, AccountDirectory, Change, feed, streams_of
 from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan, Timed
 from ingestor.committer import Batch, CommitQueue, Committer, Routed
 from ingestor.config import Config, KafkaConfig, Loaded, WebhookConfig
@@ -182,6 +182,8 @@ class Pipeline:
         pending, self._pending = self._pending, {}
         for p, (start, initial) in pending.items():
             self._runtime(p, start, initial=initial)
+        if self.directory is not None:
+            self._park_unlisted()
         log.info(
             "state restored",
             streams=[p.key for p in self.streams][:50],
@@ -284,6 +286,19 @@ class Pipeline:
             else:
                 self._left.add(p)  # not reading yet: its first read waits for the retry
 
+    def _park_unlisted(self) -> None:
+        """With `accounts = all`, a connected account's stream the state topic holds but the
+        first scan did not list (access revoked, or the account removed, while no process
+        ran) is parked like one that leaves mid-run: reported, retried, never dropped."""
+        apis = configured_apis(self.cfg)
+        for p in self._restored_state:
+            if p.account is None or p.api not in apis or p in self.runtimes:
+                continue
+            self.streams.append(p)
+            self._runtime(p, None, initial=False)
+            self._park(p.key, GONE, "AccountLeft")
+            self._left.add(p)
+
     def nudge(self, stream: Stream) -> None:
         """Polls `stream` now instead of after its (possibly long, idle) interval: for a
         webhook delivery that says the stream has news."""
@@ -342,6 +357,8 @@ class Pipeline:
         while True:
             if p in self._left:
                 self._left.discard(p)
+                if self.once:
+                    return  # parked before its first read: --once reports it and exits 1
                 await self._parked_wait(wake)
                 continue
             try:

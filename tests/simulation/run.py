@@ -28,7 +28,7 @@ def _run(seed: int, *, hours: float, rate: float | None, max_rate: float | None)
         loop.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.simulation.run")
     parser.add_argument("--seed", type=int, help="replay this one seed")
     parser.add_argument("--seeds", type=int, default=1, help="how many seeds from --first")
@@ -37,9 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None, help="events/s (default: drawn)")
     parser.add_argument("--max-rate", type=float, default=None, help="cap on the drawn rate")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
-    totals = {"seeds": 0, "hours": 0.0, "events": 0, "crashes": 0, "stops": 0, "outages": 0}
+    counted = ("seeds", "hours", "events", "crashes", "stops", "outages")
+    connect = ("connects", "joined_events", "revokes", "restores", "while_revoked")
+    totals = dict.fromkeys((*counted, *connect), 0.0)
     bad = {"lost": 0, "duplicated": 0, "out_of_order": 0}
     failed: list[int] = []
     run = functools.partial(_run, hours=args.hours, rate=args.rate, max_rate=args.max_rate)
@@ -60,14 +66,20 @@ def main(argv: list[str] | None = None) -> int:
             totals["crashes"] += report.crashes
             totals["stops"] += report.stops
             totals["outages"] += report.outages
+            for name in connect:
+                totals[name] += getattr(report, name)
             for name in bad:
                 bad[name] += len(getattr(report, name))
             if not report.ok:
                 failed.append(seed)
     print(
-        f"total: {totals['seeds']} seeds, {totals['hours']:.1f} simulated hours, "
-        f"{totals['events']} events checked, {totals['crashes']} crashes, {totals['stops']} "
-        f"stops, {totals['outages']} outages; lost {bad['lost']}, duplicated "
+        f"total: {totals['seeds']:.0f} seeds, {totals['hours']:.1f} simulated hours, "
+        f"{totals['events']:.0f} events checked, {totals['crashes']:.0f} crashes, "
+        f"{totals['stops']:.0f} stops, {totals['outages']:.0f} outages, "
+        f"{totals['connects']:.0f} connects ({totals['joined_events']:.0f} of their events), "
+        f"{totals['revokes']:.0f} revokes ({totals['restores']:.0f} restored, "
+        f"{totals['while_revoked']:.0f} events made while revoked caught up); "
+        f"lost {bad['lost']}, duplicated "
         f"{bad['duplicated']}, out of order {bad['out_of_order']}; failed seeds {failed}"
     )
     return 1 if failed else 0

@@ -8,10 +8,14 @@ import os
 
 import pytest
 
+from tests.simulation.run import make_parser
 from tests.simulation.world import (
+    CONNECTED,
     NOOP_CYCLES,
+    REVOKED,
     SWEEP_WINDOW_S,
     Plan,
+    Report,
     Step,
     make_plan,
     run_plan,
@@ -40,17 +44,41 @@ def quiet(seed: int, hours: float, rate: float, **changes: object) -> Plan:
 
 
 def test_the_ci_seeds_cover_every_kind_of_trouble() -> None:
-    """The seeds CI runs include each step kind, the cron mode and late events, so a
-    mechanism the generator stopped drawing cannot pass unnoticed."""
+    """The seeds CI runs include each step kind (accounts connecting mid-run, revocations
+    restored and never restored, in discovery and configured mode), the cron mode and late
+    events, so a mechanism the generator stopped drawing cannot pass unnoticed."""
     plans = [make_plan(seed, hours=SEED_HOURS, max_rate=SEED_MAX_RATE) for seed in range(50)]
     kinds = {s.kind for p in plans for s in p.steps}
     expected = {"crash", "stop", "kill_stop", "outage", "faults", "burst", "same_second"}
-    assert expected | {"revoke"} <= kinds
+    assert expected | {"connect", "revoke", "restore"} <= kinds
+    revoked = [p for p in plans if any(s.kind == "revoke" for s in p.steps)]
+    assert {(p.discover, p.restored) for p in revoked} == {
+        (True, True),
+        (True, False),
+        (False, True),
+        (False, False),
+    }
+    assert any(p.v2_share > 0 for p in plans if any(s.kind == "connect" for s in p.steps))
     assert any(p.cron_seconds for p in plans)
     assert any(p.late_share > 0 for p in plans)
     stops = [s.seconds for p in plans for s in p.steps if s.kind.endswith("stop")]
     assert max(stops) > 6 * 3600
     assert any(s > SWEEP_WINDOW_S for s in stops)
+
+
+def test_a_failing_seed_prints_the_command_that_draws_its_plan_again() -> None:
+    """The replay line of a failure names every argument the plan was drawn with: a CI seed
+    is drawn under a rate cap that changes every later draw, so a command without it would
+    replay another plan."""
+    for seed, rate in ((7, None), (8, None), (9, None), (12, 5.0)):
+        plan = make_plan(seed, hours=SEED_HOURS, rate=rate, max_rate=SEED_MAX_RATE)
+        line = Report(plan).failure().splitlines()[-1]
+        prefix = "replay: python -m tests.simulation.run "
+        assert line.startswith(prefix)
+        args = make_parser().parse_args(line.removeprefix(prefix).split())
+        again = make_plan(args.seed, hours=args.hours, rate=args.rate, max_rate=args.max_rate)
+        assert again == plan
+    assert make_plan(7, hours=SEED_HOURS) != make_plan(7, hours=SEED_HOURS, max_rate=20)
 
 
 # A seed takes 2-30 s of wall time on an idle 2-core machine; the default 120 s per test is
@@ -113,3 +141,51 @@ async def test_same_second_runs_on_one_object_keep_stripe_order() -> None:
     )
     report = await run_plan(quiet(106, 0.6, 5.0, late_share=0.0, steps=steps))
     assert report.ok, report.failure()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.looptime(noop_cycles=NOOP_CYCLES)
+@pytest.mark.parametrize("restored", [False, True], ids=["never-restored", "restored"])
+async def test_a_process_started_after_a_revocation_parks_the_account(restored: bool) -> None:
+    """Finding 4 (seeds 7 and 8): with `accounts = all`, a process started after a
+    connected account's access was revoked (a crash restart, the final `--once`) found it
+    missing from the listing and dropped its streams without a word. They are parked from
+    the state topic: a /readyz detail, `--once` exits 1; and when access comes back the
+    listing wakes them, so every event made while revoked is read, exactly once."""
+    steps = [Step(400.0, "revoke"), Step(450.0, "crash")]
+    if restored:
+        steps.append(Step(500.0, "restore"))
+    plan = quiet(
+        107,
+        0.2,
+        5.0,
+        v2_share=0.3,
+        accounts=(CONNECTED, REVOKED),
+        discover=True,
+        steps=tuple(steps),
+    )
+    report = await run_plan(plan)
+    assert report.ok, report.failure()
+    assert report.revokes == 1
+    assert report.restores == (1 if restored else 0)
+    assert report.exit_codes[-1] == (0 if restored else 1)
+    assert (report.while_revoked > 0) == restored
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.looptime(noop_cycles=NOOP_CYCLES)
+async def test_accounts_connected_mid_run_through_crashes_are_read_from_their_connection() -> None:
+    """Accounts that connect mid-run, one with its authorization visible 30 s late and one
+    just before a crash (so the restarted process finds it at its first scan), have every
+    event since their connection published exactly once, v1 and v2."""
+    steps = (
+        Step(60.0, "connect", seconds=30.0, count=0),
+        Step(200.0, "connect", seconds=0.0, count=1),
+        Step(202.0, "crash"),
+        Step(300.0, "outage", seconds=30.0),
+    )
+    plan = quiet(108, 0.15, 10.0, v2_share=0.3, discover=True, steps=steps)
+    report = await run_plan(plan)
+    assert report.ok, report.failure()
+    assert report.connects == 2
+    assert report.joined_events > 100

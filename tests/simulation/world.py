@@ -4,12 +4,27 @@ model (in-process transport) and an in-memory log with Kafka's semantics.
 A `Plan` is drawn from a seed: traffic (steady, bursts, same-second runs on one object, late
 events up to the sweep window), and a timeline of crashes at random instants, graceful stops
 and stops shorter and longer than the sweep window (up to 2 days), broker outages, API fault
-mixes and a connected account revoked mid-run. `run_plan` plays it at the service's default
-settings, then checks the invariants against the simulator's ground truth: every visible
-event published exactly once, per-object order within each Kafka partition (except events
-visible later than the overlap), bounded state, and no alarm without a lost window.
+mixes, accounts that connect mid-run (found by the `accounts = all` rescan, or in the cron
+mode between two runs) and a connected account revoked mid-run, restored later or never.
+`run_plan` plays it at the service's default settings, then checks the invariants against
+the simulator's ground truth: every visible event published exactly once, per-object order
+within each Kafka partition (except events visible later than the overlap), bounded state,
+and no alarm without a lost window.
 
-Replay one seed: `python -m tests.simulation.run --seed N` (the failure message prints it).
+What "visible" means for Connect (README, Connected accounts): an account connected mid-run
+is read from its connection time (the `created` of its authorization event, or of the
+account), so every event it has is expected. A revoked account that gets its access back
+is read on from its cursor, so every event it has, those made while it was revoked too, is
+expected. One never restored is parked and reported (a `/readyz` detail while the service
+runs, and the final `--once` exits 1); the events it made after its revocation, and those
+that became visible less than `REVOKE_MARGIN_S` before it, were never readable by us and
+are not counted as lost. So that "before" is well defined, a revocation never restored comes
+once the service has committed what that account had visible by the margin (a catch-up
+after a long stop can take half an hour: thin events are hydrated at their budget share);
+one that does not get there within `CATCH_UP_CAP_S` fails the seed.
+
+Replay one seed: `python -m tests.simulation.run --seed N --hours H [--max-rate R]` (the
+failure message prints the exact command, `Plan.replay`).
 """
 
 from __future__ import annotations
@@ -30,8 +45,9 @@ import structlog
 from ingestor import clock, config, state
 from ingestor.clock import LoopClock
 from ingestor.config import KafkaConfig
+from ingestor.health import Readiness
 from ingestor.log.memory import MemoryBroker, MemoryLog
-from ingestor.pipeline import serve
+from ingestor.pipeline import configured_apis, serve
 from ingestor.sim.inprocess import InProcessTransport
 from ingestor.sim.scenario import Faults, Scenario, load_scenario
 from ingestor.sim.simulator import Simulator
@@ -39,7 +55,19 @@ from ingestor.sim.simulator import Simulator
 EPOCH_MS = 1_790_000_000_000  # 2026-09-21: a fixed start keeps every seed reproducible
 PREFIX = "sim"
 KEY = "sk_test_simulation_0123456789"
+CONNECTED = "acct_1SimConnected0000000"
 REVOKED = "acct_1SimRevoked000000000"
+# A revocation never restored: the events that became visible this long before it must have
+# been read (one sweep interval plus its run at the sweep's budget share, and the poll).
+REVOKE_MARGIN_S = 240.0
+CATCH_UP_CAP_S = 3 * 3600.0
+
+
+def joined_account(n: int) -> str:
+    """The id of the `n`th account a plan connects mid-run."""
+    return f"acct_1SimJoined{n:09d}"
+
+
 HOUR = 3600.0
 DAY = 86400.0
 # The service's defaults this harness relies on for its checks (asserted against config).
@@ -56,7 +84,10 @@ class Step:
     """One thing that happens to the running service at `at` simulated seconds."""
 
     at: float
-    kind: str  # crash | stop | kill_stop | outage | faults | calm | burst | same_second | revoke
+    # crash | stop | kill_stop | outage | faults | calm | burst | same_second | connect |
+    # revoke | restore. `connect`: `joined_account(count)` connects, its authorization event
+    # visible `seconds` late; `revoke` / `restore`: REVOKED loses / gets back its access.
+    kind: str
     seconds: float = 0.0
     count: int = 0
 
@@ -73,6 +104,17 @@ class Plan:
     steps: tuple[Step, ...]
     # `--once` every this many seconds (the cron use) instead of a long-running service.
     cron_seconds: float = 0.0
+    # `STRIPE_ACCOUNTS=all`: the accounts are found by GET /v1/accounts (and rescans), not
+    # configured; only then can an account connect mid-run.
+    discover: bool = False
+    # The `python -m tests.simulation.run` arguments that draw this plan again (make_plan's
+    # own arguments: a capped or fixed rate changes every draw after it); "" = built by hand.
+    replay: str = ""
+
+    @property
+    def restored(self) -> bool:
+        """Whether REVOKED, if revoked, gets its access back before the end."""
+        return any(s.kind == "restore" for s in self.steps)
 
     def describe(self) -> str:
         kinds = Counter(s.kind for s in self.steps)
@@ -80,7 +122,7 @@ class Plan:
         return (
             f"seed {self.seed} ({mode}): {self.hours:g} h at {self.rate:g} events/s, "
             f"{self.late_share:.0%} late up to {self.lag_max:.0f} s, v2 {self.v2_share:.0%}, "
-            f"accounts {len(self.accounts)}, "
+            f"accounts {len(self.accounts)}{' (all)' if self.discover else ''}, "
             + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
         )
 
@@ -91,17 +133,37 @@ def make_plan(
     """Draws a scenario from `seed`: the same seed always gives the same plan. One seed in
     five runs `--once` every 15 minutes (the cron use) instead of a long-running service."""
     rng = random.Random(seed)
+    replay = f"--seed {seed} --hours {hours:g}"
+    replay += "" if rate is None else f" --rate {rate:g}"
+    replay += "" if max_rate is None else f" --max-rate {max_rate:g}"
     if seed % 5 == 4:
+        cron_rate = rng.choice([5.0, 20.0])
+        cron_v2 = rng.choice([0.0, 0.2])
+        # Connect while no process runs: accounts that connect between two runs, and one
+        # whose access is revoked between two and restored before a later one.
+        cron_span = hours * HOUR
+        found: list[Step] = []
+        cron_accounts: tuple[str, ...] = ()
+        if rng.random() < 0.5:
+            for n in range(rng.choice([1, 2])):
+                found.append(Step(rng.uniform(30, cron_span - 60), "connect", 0.0, n))
+            if rng.random() < 0.5:
+                cron_accounts = (REVOKED,)
+                at = rng.uniform(30, cron_span - 60)
+                back = min(at + rng.uniform(20, 1800), cron_span - 30)
+                found += [Step(at, "revoke"), Step(back, "restore")]
         return Plan(
             seed=seed,
             hours=hours,
-            rate=rng.choice([5.0, 20.0]),
+            rate=cron_rate,
             late_share=0.1,
             lag_max=SWEEP_WINDOW_S - 60,
-            v2_share=rng.choice([0.0, 0.2]),
-            accounts=(),
-            steps=(),
+            v2_share=cron_v2,
+            accounts=cron_accounts,
+            steps=tuple(sorted(found, key=lambda s: s.at)),
             cron_seconds=900.0,
+            discover=bool(found),
+            replay=replay,
         )
     rates = [r for r in (5.0, 10.0, 20.0, 50.0) if max_rate is None or r <= max_rate]
     rate = rate if rate is not None else rng.choice(rates)
@@ -132,21 +194,36 @@ def make_plan(
         else:
             steps.append(Step(at, kind))
     accounts: tuple[str, ...] = ()
+    revoke_at = 0.0
     if rng.random() < 0.5:
-        accounts = ("acct_1SimConnected0000000",)
+        accounts = (CONNECTED,)
         if rng.random() < 0.5:
             accounts += (REVOKED,)
-            steps.append(Step(rng.uniform(60, span - 60), "revoke"))
+            revoke_at = rng.uniform(60, span - 60)
+            steps.append(Step(revoke_at, "revoke"))
+    late_share = rng.choice([0.0, 0.02, 0.1])
+    lag_max = rng.choice([OVERLAP_S * 2, 120.0, SWEEP_WINDOW_S - 60])
+    v2_share = rng.choice([0.0, 0.1, 0.3])
+    # Drawn after the rest, so the draws above (and the seeds' plans) stay as they were.
+    discover = rng.random() < 0.5
+    if discover:
+        for n in range(rng.choice([0, 1, 1, 2])):
+            steps.append(Step(rng.uniform(30, span - 60), "connect", rng.uniform(0, 30), n))
+    if revoke_at and rng.random() < 0.5:
+        # Back before the parked retry (10 min), or after it; within retention either way.
+        steps.append(Step(revoke_at + rng.uniform(20, 900), "restore"))
     steps.sort(key=lambda s: s.at)
     return Plan(
         seed=seed,
         hours=hours,
         rate=rate,
-        late_share=rng.choice([0.0, 0.02, 0.1]),
-        lag_max=rng.choice([OVERLAP_S * 2, 120.0, SWEEP_WINDOW_S - 60]),
-        v2_share=rng.choice([0.0, 0.1, 0.3]),
+        late_share=late_share,
+        lag_max=lag_max,
+        v2_share=v2_share,
         accounts=accounts,
         steps=tuple(steps),
+        discover=discover,
+        replay=replay,
     )
 
 
@@ -160,6 +237,11 @@ class Report:
     crashes: int = 0
     stops: int = 0
     outages: int = 0
+    connects: int = 0
+    revokes: int = 0
+    restores: int = 0
+    joined_events: int = 0  # of accounts connected mid-run, among `events`
+    while_revoked: int = 0  # of REVOKED made while it was revoked, among `events` if restored
     lost: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
     out_of_order: list[str] = field(default_factory=list)
@@ -181,7 +263,8 @@ class Report:
     def summary(self) -> str:
         return (
             f"{self.plan.describe()} | {self.events} events, {self.crashes} crashes, "
-            f"{self.stops} stops, {self.outages} outages | lost {len(self.lost)}, "
+            f"{self.stops} stops, {self.outages} outages, {self.connects} connects, "
+            f"{self.revokes} revokes ({self.restores} restored) | lost {len(self.lost)}, "
             f"duplicated {len(self.duplicated)}, out of order {len(self.out_of_order)}, "
             f"unbounded {len(self.unbounded)}, false alarms {len(self.false_alarms)} | "
             f"{self.requests} requests, {self.simulated_hours:.1f} simulated h in "
@@ -195,8 +278,9 @@ class Report:
             if items:
                 parts.append(f"{name}: {items[:5]}")
         parts.append(
-            f"replay: python -m tests.simulation.run --seed {self.plan.seed} "
-            f"--hours {self.plan.hours:g}"
+            f"replay: python -m tests.simulation.run {self.plan.replay}"
+            if self.plan.replay
+            else f"replay: the test that built this plan by hand (seed {self.plan.seed})"
         )
         return "\n".join(parts)
 
@@ -239,7 +323,7 @@ def _settings(plan: Plan) -> config.Loaded:
         "STRIPE_API_KEY": KEY,
         "STRIPE_API_BASE": "http://stripe.sim",
         "INGESTOR_TOPIC_PREFIX": PREFIX,
-        "STRIPE_ACCOUNTS": ",".join(("platform", *plan.accounts)),
+        "STRIPE_ACCOUNTS": "all" if plan.discover else ",".join(("platform", *plan.accounts)),
         "INGESTOR_STRIPE__V2": "true" if plan.v2_share > 0 else "false",
         "KAFKA_BOOTSTRAP_SERVERS": "memory:9092",
     }
@@ -261,7 +345,7 @@ def _scenario(plan: Plan) -> Scenario:
         burst_size=250,
         v2_share=plan.v2_share,
         accounts=plan.accounts,
-        platform_share=0.7 if plan.accounts else 1.0,
+        platform_share=0.7 if plan.accounts or _connects(plan) else 1.0,
         live_rate=plan.rate,
         live_burst_interval_seconds=0.0,
         late_share=plan.late_share,
@@ -276,6 +360,10 @@ def _scenario(plan: Plan) -> Scenario:
     )
 
 
+def _connects(plan: Plan) -> list[Step]:
+    return [s for s in plan.steps if s.kind == "connect"]
+
+
 # The simulator's fault mix for a fault window, plus a rate limit below the client's budget
 # so that 429s come too.
 FAULT_MIX = Faults(
@@ -288,6 +376,8 @@ FAULT_MIX = Faults(
     stall_seconds=30.0,
 )
 FAULT_RATE_LIMIT = 15.0
+# A revoked stream is parked at its next poll (403) or at the deauthorization event.
+PARK_NOTICE_S = 60.0
 
 
 async def run_plan(plan: Plan) -> Report:
@@ -309,14 +399,19 @@ async def run_plan(plan: Plan) -> Report:
         async with transport:
             stop = asyncio.Event()
             first = True
+            readiness = Readiness()
+            started = 0.0
 
             def start() -> asyncio.Task[int]:
-                nonlocal first, stop
+                nonlocal first, stop, readiness, started
+                started = clock.monotonic()
                 stop = asyncio.Event()
+                readiness = Readiness()
                 run = serve(
                     loaded,
                     backfill=first,
                     stop=stop,
+                    readiness=readiness,
                     transport=transport,
                     open_log=open_log,
                     http=False,
@@ -340,12 +435,16 @@ async def run_plan(plan: Plan) -> Report:
                 logs_open.clear()
 
             t0 = clock.monotonic()
+            revoked_ms = restored_ms = 0
             if plan.cron_seconds:
-                await _cron(plan, loaded, transport, open_log, report, t0)
+                revoked_ms, restored_ms = await _cron(
+                    plan, sim, loaded, transport, open_log, report, t0
+                )
                 task = start()  # the final stop below expects a running service
             else:
                 task = start()
             faults_until = 0.0
+            revoked_mono = 0.0
             for step in () if plan.cron_seconds else plan.steps:
                 await asyncio.sleep(max(0.0, step.at - (clock.monotonic() - t0)))
                 _sample_state(broker, loaded, report)
@@ -391,21 +490,48 @@ async def run_plan(plan: Plan) -> Report:
                     sim.add_events(step.count, type="charge.updated")
                 elif step.kind == "same_second":
                     _same_second(sim, step.count)
+                elif step.kind == "connect":
+                    report.connects += 1
+                    sim.connect_account(joined_account(step.count), lag_seconds=step.seconds)
                 elif step.kind == "revoke":
-                    sim.account_ix.pop(REVOKED, None)
-            await asyncio.sleep(max(0.0, plan.hours * HOUR - (clock.monotonic() - t0)))
+                    if not plan.restored:
+                        await _caught_up(sim, broker, loaded.config.kafka.state_topic, report)
+                    report.revokes += 1
+                    revoked_ms = sim.now_ms()
+                    revoked_mono = clock.monotonic()
+                    sim.revoke_account(REVOKED)
+                elif step.kind == "restore":
+                    report.restores += 1
+                    restored_ms = sim.now_ms()
+                    sim.connect_account(REVOKED)
+            end = plan.hours * HOUR
+            if revoked_ms and not plan.restored:
+                # Time for the running service to notice (a 403 or the deauthorization).
+                # (From the later of the revocation and the last start: a new process parks
+                # the account at its first read.)
+                end = max(end, max(revoked_mono, started) - t0 + PARK_NOTICE_S)
+            await asyncio.sleep(max(0.0, end - (clock.monotonic() - t0)))
+            if revoked_ms and not plan.restored:
+                # The park is reported while the service runs (a /readyz detail per stream),
+                # also by a process started after the revocation.
+                want = {f"{api}:{REVOKED}" for api in configured_apis(loaded.config)}
+                if not want <= set(readiness.parked):
+                    report.false_alarms.append(
+                        f"revoked streams not parked: {sorted(want - set(readiness.parked))}"
+                    )
             sim.set_faults(Faults(), rate_limit=0.0)
             await graceful(task)
             # Let every late event become visible, then one `--once` run catches up.
             sim.tick()
             sim.set_live_rate(0.0)
-            await asyncio.sleep(plan.lag_max + 5)
+            # (An authorization event is late by its own lag: the connect step's.)
+            await asyncio.sleep(max([plan.lag_max] + [s.seconds for s in _connects(plan)]) + 5)
             final = serve(loaded, once=True, transport=transport, open_log=open_log, http=False)
             code = await final
             report.exit_codes.append(code)
             report.simulated_hours = (clock.monotonic() - t0) / HOUR
             _sample_state(broker, loaded, report)
-            _check(plan, sim, broker, loaded, logs, report, code)
+            _check(plan, sim, broker, loaded, logs, report, code, revoked_ms, restored_ms)
             # Every answer is counted once by its status ('stall' also counts its answer).
             report.requests = sum(
                 n
@@ -419,14 +545,19 @@ async def run_plan(plan: Plan) -> Report:
 
 async def _cron(
     plan: Plan,
+    sim: Simulator,
     loaded: config.Loaded,
     transport: InProcessTransport,
     open_log: Any,
     report: Report,
     t0: float,
-) -> None:
-    """`ingestor run --once` every `cron_seconds`, the first one with `--backfill`."""
+) -> tuple[int, int]:
+    """`ingestor run --once` every `cron_seconds`, the first one with `--backfill`; the
+    plan's Connect steps happen between runs. Returns when REVOKED was revoked and restored
+    (0: never). A run exits 1 exactly while REVOKED is revoked (its streams are parked)."""
     first = True
+    pending = list(plan.steps)
+    revoked_ms = restored_ms = 0
     while clock.monotonic() - t0 < plan.hours * HOUR:
         began = clock.monotonic()
         code = await serve(
@@ -434,9 +565,52 @@ async def _cron(
         )
         first = False
         report.stops += 1
-        if code != 0:
+        if code != (1 if REVOKED in sim.revoked else 0):
             report.false_alarms.append(f"cron run exited {code}")
-        await asyncio.sleep(max(0.0, plan.cron_seconds - (clock.monotonic() - began)))
+        next_run = began + plan.cron_seconds
+        while pending and t0 + pending[0].at < next_run:
+            step = pending.pop(0)
+            await asyncio.sleep(max(0.0, t0 + step.at - clock.monotonic()))
+            if step.kind == "connect":
+                report.connects += 1
+                sim.connect_account(joined_account(step.count), lag_seconds=step.seconds)
+            elif step.kind == "revoke":
+                report.revokes += 1
+                revoked_ms = sim.now_ms()
+                sim.revoke_account(REVOKED)
+            elif step.kind == "restore":
+                report.restores += 1
+                restored_ms = sim.now_ms()
+                sim.connect_account(REVOKED)
+        await asyncio.sleep(max(0.0, next_run - clock.monotonic()))
+    return revoked_ms, restored_ms
+
+
+async def _caught_up(
+    sim: Simulator, broker: MemoryBroker, state_topic: str, report: Report
+) -> None:
+    """Waits until every event of REVOKED that was visible `REVOKE_MARGIN_S` ago is
+    committed, checking each minute; past `CATCH_UP_CAP_S` the seed fails."""
+    events, views = sim.events, sim.views
+    streams = {ix for ix, s in enumerate(events.streams) if s.account == REVOKED}
+    deadline = clock.monotonic() + CATCH_UP_CAP_S
+    while True:
+        sim.tick()
+        cutoff = sim.now_ms() - int(REVOKE_MARGIN_S * 1000)
+        want = {
+            views.event_id(n)
+            for n in range(len(events))
+            if events.visible[n] and events.stream[n] in streams and events.visible_at[n] <= cutoff
+        }
+        for r in broker.committed_records(PREFIX + "."):
+            if want and r.topic != state_topic:
+                want.discard(_header(r.headers, "event_id"))
+        if not want:
+            return
+        if clock.monotonic() >= deadline:
+            report.false_alarms.append(f"{REVOKED} not caught up in {CATCH_UP_CAP_S:g} s")
+            return
+        await asyncio.sleep(60.0)
 
 
 def _same_second(sim: Simulator, count: int) -> None:
@@ -480,18 +654,40 @@ def _check(
     logs: _LogCounter,
     report: Report,
     final_code: int,
+    revoked_ms: int = 0,
+    restored_ms: int = 0,
 ) -> None:
     events = sim.events
     views = sim.views
+    # A revocation never restored: REVOKED's events are ours if visible by the margin before
+    # it; the later ones were never readable. Restored (or never revoked): every event is.
+    parked = bool(revoked_ms) and not plan.restored
     revoked_stream = (
-        {ix for ix, s in enumerate(events.streams) if s.account == REVOKED}
-        if any(s.kind == "revoke" for s in plan.steps)
-        else set()
+        {ix for ix, s in enumerate(events.streams) if s.account == REVOKED} if parked else set()
     )
+    readable_until = revoked_ms - int(REVOKE_MARGIN_S * 1000)
+    # An account connected mid-run is read from its connection time (rounded down to the
+    # second, the unit of an account's `created`); every event it has comes after that.
+    starts = {a: ms - ms % 1000 for a, ms in sim.connected_ms.items() if a != REVOKED}
     expected: dict[str, int] = {}
+    not_readable: set[str] = set()
     for serial in range(len(events)):
-        if events.visible[serial] and events.stream[serial] not in revoked_stream:
-            expected[views.event_id(serial)] = serial
+        if not events.visible[serial]:
+            continue
+        event_id = views.event_id(serial)
+        stream = events.stream[serial]
+        if stream in revoked_stream and events.visible_at[serial] > readable_until:
+            if events.created_ms[serial] > revoked_ms:
+                not_readable.add(event_id)
+            continue
+        account = events.streams[stream].account
+        if account in starts:
+            report.joined_events += 1
+            if events.created_ms[serial] < starts[account]:
+                report.false_alarms.append(f"harness: {event_id} before its account connected")
+        if account == REVOKED and revoked_ms < events.created_ms[serial] < restored_ms:
+            report.while_revoked += 1
+        expected[event_id] = serial
     report.events = len(expected)
     records = [
         r
@@ -504,6 +700,9 @@ def _check(
     report.published = sum(counts.values())
     report.duplicated = sorted(i for i, n in counts.items() if n > 1)
     report.lost = sorted(i for i in expected if i not in counts)
+    read_anyway = sorted(i for i in not_readable if i in counts)
+    if read_anyway:
+        report.false_alarms.append(f"read after the revocation: {read_anyway[:5]}")
     report.out_of_order = order_violations(
         ((r.topic, r.partition, r.key, _header(r.headers, "event_id")) for r in records),
         sim,
@@ -511,19 +710,18 @@ def _check(
     )
     # Bounded: what a restart reads holds about rate x (sweep window x 2 + slack), never
     # history; the ceiling is generous (bursts and same-second runs add to the rate).
-    streams = 2 * (1 + len(plan.accounts))
+    streams = 2 * (1 + len(plan.accounts) + len(_connects(plan)))
     ceiling = int(plan.rate * SWEEP_WINDOW_S * 3 + 2000 * streams + 3000)
     if report.max_state_ids > ceiling:
         report.unbounded.append(f"state held {report.max_state_ids} ids (> {ceiling})")
     # Alarms: no window was lost in these plans (stops are at most 2 days), so nothing may
-    # be reported lost, the gap alarm (7 days) may not fire, and the final run exits 0
-    # (1 only when a revoked account's streams are parked, which it reports).
+    # be reported lost, the gap alarm (7 days) may not fire, and the final run exits 0, or
+    # 1 exactly when a revoked account never restored has its streams parked.
     for name in ("cursor aged out", "cursor gap alarm"):
         hits = [e for e, n in logs.counts.items() if e.startswith(name) for _ in range(n)]
         if hits:
             report.false_alarms.append(f"{len(hits)} x {name}")
-    allowed = {0, 1} if revoked_stream else {0}
-    if final_code not in allowed:
+    if final_code != (1 if parked else 0):
         report.false_alarms.append(f"final --once exited {final_code}")
     bad_exits = [c for c in report.exit_codes[:-1] if c not in (0,)]
     if bad_exits:

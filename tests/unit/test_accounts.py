@@ -10,10 +10,13 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
+from ingestor import clock
 from ingestor.accounts import (
     AUTHORIZED,
     DEAUTHORIZED,
     GONE,
+    LISTING_SETTLE_MS,
+    AccountDirectory,
     Change,
     Joined,
     Left,
@@ -22,7 +25,7 @@ from ingestor.accounts import (
     feed,
     plan_scan,
 )
-from ingestor.events import Stream
+from ingestor.events import Event, Stream
 from ingestor.plan import RETENTION_MS, retention_edge
 from ingestor.ratelimit import RateBudget, fair_key
 from ingestor.sim import listing, load_scenario
@@ -201,3 +204,49 @@ def test_the_simulator_connects_and_revokes_accounts_mid_run() -> None:
     page = orjson.loads(listing.list_v1(sim, None, listing.Window(), 100))["data"]
     assert page[0]["type"] == DEAUTHORIZED
     assert page[0]["account"] == acct
+
+
+class _ListingClient:
+    """Answers GET /v1/accounts with a fixed set of account ids (one page)."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids = list(ids)
+
+    async def request_json(self, method: str, path: str, **_kw: object) -> dict[str, object]:
+        assert (method, path) == ("GET", "/v1/accounts")
+        return {"data": [{"id": i, "created": 1_700_000_000} for i in self.ids], "has_more": False}
+
+
+def _connect_event(type_name: str, account: str, created_ms: int) -> Event:
+    return Event(
+        id=f"evt_{type_name}_{created_ms}",
+        type=type_name,
+        api="v1",
+        account=account,
+        created_ms=created_ms,
+        livemode=False,
+        api_version=None,
+        object_id=None,
+        payload={},
+    )
+
+
+async def test_a_deauthorization_older_than_a_listing_showing_the_account_parks_nothing() -> None:
+    """Finding (seed 9): access revoked and given back while no process ran; the restarted
+    process lists the account, then its catch-up reads the old deauthorization. That event
+    is older than the listing, so nothing leaves; a deauthorization after the scan (within
+    the listing's settle margin) still parks the account at once."""
+    acct = "acct_1SimRevoked000000000"
+    client = _ListingClient([acct])
+    directory = AccountDirectory(client)  # type: ignore[arg-type]  # listing-only fake client
+    changes: list[Change] = []
+    directory.subscribe(changes.append)
+    await directory.scan()
+    changes.clear()
+    now = clock.wall_ms()
+    directory.observe([_connect_event(DEAUTHORIZED, acct, now - 600_000)])
+    directory.observe([_connect_event(AUTHORIZED, acct, now - 300_000)])
+    assert changes == []
+    recent = now - LISTING_SETTLE_MS // 2
+    directory.observe([_connect_event(DEAUTHORIZED, acct, recent)])
+    assert [c.left for c in changes] == [(Left(acct, f"{DEAUTHORIZED} at {recent // 1000}"),)]
