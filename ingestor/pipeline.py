@@ -474,9 +474,17 @@ class Pipeline:
         g = rt.granularity_ms
         started = now_ms()
         lo = max(rt.poll_lo(int(self.cfg.tail.overlap_seconds * 1000)), _retention_floor(g))
-        # The current second may still be filling (v1 has whole seconds): stop before it.
-        hi = started - 1000
-        hi -= hi % g
+        through = started
+        if min_gap_ms >= CATCH_UP_MIN_GAP_MS:
+            # A catch-up stops before the second that may still be filling (v1 has whole
+            # seconds); the polls after it read from there.
+            through = started - 1000
+            hi = through - through % g
+        else:
+            # A busy poll reads everything visible as it starts, the current unit of time
+            # included (what fills it later is in the next poll's overlap): otherwise each
+            # event would wait a poll more, a second or two, before it is read at all.
+            hi = started + g - started % g
         if hi - lo < min_gap_ms:
             return None
         (log.info if min_gap_ms >= CATCH_UP_MIN_GAP_MS else log.debug)(
@@ -499,7 +507,7 @@ class Pipeline:
             # poll's is known to be high and its latency counts, so it fans out at once.
             probe = min_gap_ms >= CATCH_UP_MIN_GAP_MS
             stats = await self._read_sliced(rt, lo, hi, "tail", emit, probe=probe)
-        rt.set_read_through(started - 1000)
+        rt.set_read_through(through)
         self._unpark(rt)
         (log.info if min_gap_ms >= CATCH_UP_MIN_GAP_MS else log.debug)(
             "caught up", events=stats.events, pages=stats.pages, splits=stats.splits
