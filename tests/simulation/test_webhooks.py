@@ -67,6 +67,9 @@ class _Stripe:
         self.broker = broker
         self.rng = rng
         self.intake: Intake | None = None
+        # Intakes of processes killed mid-run: a call into one that was still running when its
+        # process died is a dropped connection to Stripe, not an answer.
+        self.killed: list[Intake] = []
         self.answers: dict[str, int] = {}
         self.unacked_200: list[str] = []  # answered 200 while not committed: must stay empty
         self.committed: set[str] = set()
@@ -93,7 +96,15 @@ class _Stripe:
         backoff = 5.0
         while True:
             intake = self.intake
-            ack = Ack.UNAVAILABLE if intake is None else await intake(delivery)
+            try:
+                ack = Ack.UNAVAILABLE if intake is None else await intake(delivery)
+            except Exception:
+                # The process was dropped while this call ran inside it (its hydrator, sink and
+                # task group are gone): Stripe sees the connection fail and retries. In any
+                # process still running, an exception is a bug and fails the run.
+                if not any(intake is k for k in self.killed):
+                    raise
+                ack = Ack.UNAVAILABLE
             self.delivered += 1
             self.answers[ack.value] = self.answers.get(ack.value, 0) + 1
             if ack is not Ack.UNAVAILABLE:
@@ -162,6 +173,8 @@ async def run_webhook_plan(
             for log in logs_open:
                 log.crash()
             logs_open.clear()
+            if stripe.intake is not None:
+                stripe.killed.append(stripe.intake)
             stripe.intake = None
             with suppress(asyncio.CancelledError, Exception, BaseExceptionGroup):
                 await task
