@@ -90,12 +90,14 @@ class SlicePlan(Generic[T]):
         self.slices[idx:idx] = new
         return new
 
-    def pop_ready(self) -> list[Slice[T]]:
-        """Removes and returns the fetched slices at the head, oldest first."""
-        ready: list[Slice[T]] = []
-        while self.slices and self.slices[0].done:
-            ready.append(self.slices.pop(0))
-        return ready
+    def ready_head(self) -> Slice[T] | None:
+        """The oldest slice when it is fetched (the next to emit), else None."""
+        return self.slices[0] if self.slices and self.slices[0].done else None
+
+    def drop_head(self, s: Slice[T]) -> None:
+        """Removes `s`, the head, once it is emitted."""
+        assert self.slices[0] is s, s
+        self.slices.pop(0)
 
     def blocks_emission(self, s: Slice[T]) -> bool:
         """True if `s` lies before every fetched slice, so nothing can be emitted without it."""
@@ -185,8 +187,13 @@ class Backfiller(Generic[T]):
                 # an emit below awaits must still wake the wait (else a lost wakeup hangs the
                 # run once nothing else is in flight).
                 self._changed.clear()
-                for s in self.plan.pop_ready():
-                    await self._emit(s)
+                # Dropped from the plan only once emitted: an emit cancelled while it waits
+                # (a fetch failed meanwhile) leaves its slice, and those after it, to the next
+                # run() instead of losing them. So `emit` must do all or nothing when
+                # cancelled: wait first, then act without awaiting.
+                while (head := self.plan.ready_head()) is not None:
+                    await self._emit(head)
+                    self.plan.drop_head(head)
                     self.stats.slices_done += 1
                 if self.plan.finished:
                     break

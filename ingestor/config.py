@@ -171,6 +171,8 @@ class HydrateConfig:
     on_failure: Literal["dlq", "publish"] = "dlq"
     budget_share: float = 0.5
     deadline_seconds: float = 60.0
+    cache_entries: int = 4096
+    cache_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,6 +565,8 @@ def validate(config: Config) -> None:
         raise ConfigError("hydrate.budget_share", "expected a share in (0, 1]")
     if not config.hydrate.deadline_seconds > 0:
         raise ConfigError("hydrate.deadline_seconds", "expected a positive duration")
+    if config.hydrate.cache_entries < 0 or config.hydrate.cache_bytes < 0:
+        raise ConfigError("hydrate.cache_entries", "expected cache bounds >= 0 (0 = no cache)")
     b = config.backfill
     if not _valid_since(b.since):
         raise ConfigError(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal
+
+import orjson
 
 from ingestor.clock import wall_ms
 from ingestor.config import HydrateConfig
@@ -19,6 +22,7 @@ from ingestor.retry import Failure, RetryPolicy
 from ingestor.stripe_api import StripeClient
 
 Fetch = Callable[[str, str | None], Awaitable[dict[str, Any]]]
+Key = tuple[str, str | None]
 MAX_ERROR_CHARS = 300
 
 
@@ -45,6 +49,64 @@ class _Flight:
         self.sent: int | None = None
 
 
+class _Done:
+    """A completed fetch kept for events that were known before its request went out."""
+
+    __slots__ = ("hydration", "sent", "size")
+
+    def __init__(self, hydration: Hydration, sent: int, size: int) -> None:
+        self.hydration = hydration
+        self.sent = sent
+        self.size = size
+
+
+class FetchCache:
+    """Completed fetches by (url, account), least recently used out first, bounded in entries
+    and in bytes (an object's size as JSON; the parsed dict takes a few times that).
+
+    Keeps only the newest-sent fetch per key: it serves every event the older ones could.
+    """
+
+    def __init__(self, *, max_entries: int, max_bytes: int) -> None:
+        if max_entries < 0 or max_bytes < 0:
+            raise ValueError("max_entries and max_bytes must be >= 0")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[Key, _Done] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Key, known: int) -> Hydration | None:
+        """The kept result for `key` if its request went out after tick `known`."""
+        done = self._entries.get(key)
+        if done is None or done.sent <= known:
+            return None
+        self._entries.move_to_end(key)
+        return done.hydration
+
+    def put(self, key: Key, hydration: Hydration, sent: int) -> None:
+        """Keeps `hydration` (fetched by a request that went out at tick `sent`), evicting the
+        least recently used entries past either bound; an object larger than the whole byte
+        bound is not kept at all."""
+        old = self._entries.get(key)
+        if old is not None and old.sent >= sent:
+            return  # a fetch sent later already answered: it serves everyone this one could
+        obj = hydration.related_object
+        size = len(key[0]) + (len(orjson.dumps(obj)) if obj is not None else 0)
+        if size > self.max_bytes or self.max_entries == 0:
+            return
+        if old is not None:
+            del self._entries[key]
+            self.bytes -= old.size
+        self._entries[key] = _Done(hydration, sent, size)
+        self.bytes += size
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= evicted.size
+
+
 class Hydrator:
     """Fetches related objects for thin events; use as `async with Hydrator(...) as h:`.
 
@@ -56,6 +118,18 @@ class Hydrator:
     `Hydration("failed")`, so a stuck object cannot hold its stream. The deadline starts at
     the first attempt, not at the call: queueing behind `concurrency` in a burst never fails
     a healthy event.
+
+    Sharing, and why a result is never older than its event: Stripe lists an event only once
+    the change it reports is done, so an object read by a request sent after the event was
+    listed reflects at least that change. Each event therefore carries `known`, a tick of the
+    hydrator's own logical clock taken after it was listed (`stamp()`, or at the call), and
+    every fetch records `sent`, the tick when its request got its slot. An event uses a fetch
+    only if `sent > known`: a fetch in flight (queued ones too: they are sent later still), or
+    a completed one kept in the `FetchCache` (bounded in entries and bytes; ok and not_found
+    results only, so a failure is fetched again). Both stamps come from one clock, so no
+    comparison with Stripe's `created` (another machine's clock) is ever made. A reader that
+    lists ahead and hydrates later (`hydrate_all(events, known=...)`) lets an object's later
+    events, listed before its first fetch went out, share that fetch even after it finished.
     """
 
     def __init__(
@@ -70,6 +144,8 @@ class Hydrator:
         clock_ms: Callable[[], int] = wall_ms,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        cache_entries: int = 0,
+        cache_bytes: int = 0,
     ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be >= 1")
@@ -94,7 +170,8 @@ class Hydrator:
         # Our own logical clock: strictly increasing, so "before" and "after" never tie (a
         # loop whose time stands still, as in simulated time, would tie every stamp).
         self._ticks = itertools.count()
-        self._inflight: dict[tuple[str, str | None], tuple[_Flight, asyncio.Task[Hydration]]] = {}
+        self._inflight: dict[Key, tuple[_Flight, asyncio.Task[Hydration]]] = {}
+        self.cache = FetchCache(max_entries=cache_entries, max_bytes=cache_bytes)
 
     @classmethod
     def for_client(
@@ -132,6 +209,8 @@ class Hydrator:
             max_attempts=config.max_attempts,
             deadline_seconds=config.deadline_seconds,
             sleep=sleep,
+            cache_entries=config.cache_entries,
+            cache_bytes=config.cache_bytes,
         )
 
     async def __aenter__(self) -> Hydrator:
@@ -153,17 +232,28 @@ class Hydrator:
         """The related object of `event`, fetched by a request sent after this call began."""
         return await self._hydrate(event, next(self._ticks))
 
-    async def hydrate_all(self, events: Iterable[Event]) -> list[Hydration]:
+    def stamp(self) -> int:
+        """A tick of the hydrator's clock, to take just after events were listed and pass as
+        `hydrate_all(..., known=)` when they are hydrated later."""
+        return next(self._ticks)
+
+    async def hydrate_all(
+        self, events: Iterable[Event], known: int | None = None
+    ) -> list[Hydration]:
         """Hydrations in the order of `events`; one failing event never blocks the others.
+
+        `known` is a `stamp()` taken after every one of `events` was listed (default: now).
+        Each result comes from a request sent after that tick; an earlier tick lets more
+        events share fetches, a later one is merely more cautious, never wrong.
 
         Needs no lock and may run concurrently from several readers of one stream (and hold no
         stream lock while it runs): the shared state is touched only between awaits on the
         event loop, each call's results depend on its own events only, and a fetch that
-        several calls share is shielded from any one caller's cancellation. Each result comes
-        from a request sent after `hydrate_all` was called, so hydrating after the events were
-        listed, outside any lock, is as safe as inside it.
+        several calls share is shielded from any one caller's cancellation. So hydrating
+        after the events were listed, outside any lock, is as safe as inside it.
         """
-        known = next(self._ticks)
+        if known is None:
+            known = next(self._ticks)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(self._hydrate(event, known)) for event in events]
         return [task.result() for task in tasks]
@@ -181,9 +271,13 @@ class Hydrator:
         # event's state: sharing never gives an event an object older than itself. Both
         # stamps come from our own clock; Stripe's `created` is another machine's clock and
         # says nothing about when our request left.
+        # The newest eligible fetch first: one in flight is newer than any kept one.
         if current is not None and (current[0].sent is None or current[0].sent > known):
             HYDRATION_REQUESTS.labels(result="coalesced").inc()
             task = current[1]
+        elif (kept := self.cache.get(key, known)) is not None:
+            HYDRATION_REQUESTS.labels(result="cached").inc()
+            return kept
         else:
             flight = _Flight()
             task = self._group.create_task(self._fetch_with_retries(*key, flight))
@@ -193,11 +287,16 @@ class Hydrator:
         # Shielded: a cancelled waiter must not cancel a fetch other events are waiting on.
         return await asyncio.shield(task)
 
-    def _forget(
-        self, key: tuple[str, str | None], entry: tuple[_Flight, asyncio.Task[Hydration]]
-    ) -> None:
+    def _forget(self, key: Key, entry: tuple[_Flight, asyncio.Task[Hydration]]) -> None:
         if self._inflight.get(key) is entry:
             del self._inflight[key]
+        flight, task = entry
+        if task.cancelled() or task.exception() is not None or flight.sent is None:
+            return
+        hydration = task.result()
+        # A failure is not kept: the next event that needs the object tries again.
+        if hydration.status in ("ok", "not_found"):
+            self.cache.put(key, hydration, flight.sent)
 
     async def _fetch_with_retries(
         self, url: str, account: str | None, flight: _Flight

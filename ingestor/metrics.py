@@ -10,7 +10,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # first appears at 1 has no `increase()`, so an alert on it would miss the first event.
 DLQ_REASONS = ("too_large", "hydration_failed")
 TRANSACTION_OUTCOMES = ("committed", "aborted")
-HYDRATION_RESULTS = ("ok", "not_found", "failed", "retry", "coalesced")
+HYDRATION_RESULTS = ("ok", "not_found", "failed", "retry", "coalesced", "cached")
 RETRY_REASONS = (
     "rate_limited",
     "connection",
@@ -79,7 +79,8 @@ DLQ_EVENTS = Counter(
 )
 HYDRATION_REQUESTS = Counter(
     "ingestor_hydration_requests",
-    "Related-object fetches for thin events, by result (ok, not_found, failed, coalesced).",
+    "Related-object fetches for thin events, by result (ok, not_found, failed, retry; coalesced"
+    " = shared a fetch in flight, cached = used a completed one kept in the fetch cache).",
     ["result"],
     registry=REGISTRY,
 )

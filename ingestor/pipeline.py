@@ -57,6 +57,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 T_Timed = TypeVar("T_Timed", bound=Timed)
+# A sliced read hydrates this many listed events at once (at least one slice), ahead of the
+# one being emitted: enough to keep the hydrator's fetch slots busy past one slow fetch.
+PREPARE_AHEAD_EVENTS = 2_000
 # A tail more than this far behind catches up in parallel slices instead of one long poll.
 CATCH_UP_MIN_GAP_MS = 120_000
 # ...and a busy tail hands the gap that built up during its last poll to the slicer too.
@@ -633,11 +636,14 @@ class Pipeline:
 
     # --- turning events into batches --------------------------------------------------------
 
-    async def _prepare(self, events: list[Event], mode: IngestMode) -> list[Routed]:
-        """Hydrates thin events and routes every event to its records, in the order given."""
+    async def _prepare(
+        self, events: list[Event], mode: IngestMode, known: int | None = None
+    ) -> list[Routed]:
+        """Hydrates thin events and routes every event to its records, in the order given;
+        `known` is a hydrator stamp taken after the events were listed (default: now)."""
         hydrations: list[Hydration | None]
         if events and events[0].api == "v2":
-            hydrations = list(await self.hydrator.hydrate_all(events))
+            hydrations = list(await self.hydrator.hydrate_all(events, known))
         else:
             hydrations = [None] * len(events)
         out: list[Routed] = []
@@ -871,7 +877,18 @@ class Pipeline:
     ) -> BackfillStats:
         """Reads [lo, hi) in concurrent slices and hands them to `emit` oldest first; `probe`
         starts with one slice that splits by the density its first page shows (a catch-up
-        holding a few events then costs one request, not one per initial slice)."""
+        holding a few events then costs one request, not one per initial slice).
+
+        Slices are hydrated and routed as they are handed over oldest first, not as their
+        pages are listed: the listing runs ahead, so an object's events on later pages and
+        slices are already known (a hydrator `stamp()` taken after each page) when its first
+        fetch goes out, and share that fetch, in flight or kept in the hydrator's cache. Every
+        result still comes from a request sent after its event was listed (`Hydrator`), so it
+        is never older than the event. Up to `PREPARE_AHEAD_EVENTS` events (at least one
+        slice) are hydrated at once, so one slow fetch does not idle the hydrator, while
+        `emit` still gets the slices one at a time in order: per-object order and the
+        emitted ranges are those of the slices, as before.
+        """
         p = rt.stream
         g = rt.granularity_ms
         b = self.cfg.backfill
@@ -879,15 +896,19 @@ class Pipeline:
         width = max(g, min(b.slice_seconds * 1000, -(-(hi - lo) // b.concurrency)))
         if probe:
             width = max(g, hi - lo)
-        plan = SlicePlan[Routed].build(lo, hi, width, g)
+        plan = SlicePlan[Event].build(lo, hi, width, g)
         requested: set[str] = set()  # topics whose creation a fetch already started
+        # Per slice (its upper bound, which a split never moves): the hydrator's tick after
+        # the last page listed, so after every event the slice holds was known.
+        listed: dict[int, int] = {}
 
-        async def fetch(lo: int, hi: int) -> AsyncIterator[list[Routed]]:
+        async def fetch(lo: int, hi: int) -> AsyncIterator[list[Event]]:
             # One slice's ids: a server that repeats an event on two pages of one walk must
             # not get it published twice (the backfill keeps no seen window).
             walked: set[str] = set()
             priority = Priority.BACKFILL if mode == "backfill" else Priority.TAIL
             async for page in self._read_window(p, lo, hi, (), priority):
+                listed[hi] = self.hydrator.stamp()
                 self.readiness.mark_poll_ok()
                 if self.directory is not None and mode == "tail":
                     self.directory.observe(page)
@@ -900,38 +921,70 @@ class Pipeline:
                     dups += seen
                 if dups:
                     metrics.DUPLICATES_SKIPPED.labels(source=p.api).inc(dups)
-                routed = await self._prepare(events, mode)
-                if new_topics := {r.topic for item in routed for r in item.records} - requested:
+                if new_topics := self._topics_of(events) - requested:
                     requested.update(new_topics)
-                    warm.create_task(self._warm_topics(new_topics))
-                yield routed
+                    tg.create_task(self._warm_topics(new_topics))
+                yield events
+
+        ahead: asyncio.Queue[tuple[Slice[Event], asyncio.Task[list[Routed]]] | None]
+        ahead = asyncio.Queue()
+        preparing = 0  # events handed over and not yet emitted
+        drained = asyncio.Event()
+
+        async def hand_over(s: Slice[Event]) -> None:
+            nonlocal preparing
+            while preparing >= PREPARE_AHEAD_EVENTS:
+                drained.clear()
+                await drained.wait()
+            events = s.events or []
+            known = listed.pop(s.hi_ms, None)
+            preparing += len(events)
+            ahead.put_nowait((s, tg.create_task(self._prepare(events, mode, known))))
+
+        async def emit_in_order() -> None:
+            nonlocal preparing
+            while (item := await ahead.get()) is not None:
+                s, prepared = item
+                await emit(Slice(s.lo_ms, s.hi_ms, await prepared, pages=s.pages))
+                preparing -= len(s.events or [])
+                drained.set()
 
         backfiller = Backfiller(
             plan,
             fetch,
-            emit,
+            hand_over,
             concurrency=self.cfg.backfill.concurrency,
             max_buffered_events=self.cfg.backfill.max_buffered_events,
             eager_split=probe,
         )
         try:
-            async with asyncio.TaskGroup() as warm:
-                if not report:
-                    await _retrying(backfiller.run, mode)
-                    return backfiller.stats
-                start = rt.backfill.start_ms if rt.backfill is not None else lo
-                reporter = ProgressReporter(backfiller, p.key, start_ms=start, end_ms=hi)
-                progress = warm.create_task(reporter.run())
+            async with asyncio.TaskGroup() as tg:
+                emitter = tg.create_task(emit_in_order())
+                progress: asyncio.Task[None] | None = None
+                if report:
+                    start = rt.backfill.start_ms if rt.backfill is not None else lo
+                    reporter = ProgressReporter(backfiller, p.key, start_ms=start, end_ms=hi)
+                    progress = tg.create_task(reporter.run())
                 await _retrying(backfiller.run, mode)
-                progress.cancel()
+                ahead.put_nowait(None)
+                await emitter
+                if progress is not None:
+                    progress.cancel()
         except BaseExceptionGroup as group:
             # Warm-ups raise nothing (Kafka faults are left to the commit), so without the
-            # progress task a group holds only the read's own error: raised bare, as before
-            # the warm-ups (a tail poll's retry looks for the error itself).
+            # progress task a group holds only one error, the read's or the emitter's: raised
+            # bare, as before the warm-ups (a tail poll's retry looks for the error itself).
             if report or len(group.exceptions) != 1:
                 raise
             raise group.exceptions[0]  # noqa: B904 (a "from" would replace its own cause)
         return backfiller.stats
+
+    def _topics_of(self, events: Sequence[Event]) -> set[str]:
+        """The topics `events` will be routed to (hydration never changes a topic)."""
+        topics = {self.router.topic_for(e.type) for e in events}
+        if self.router.firehose and events:
+            topics.add(self.router.firehose_topic)
+        return topics
 
     async def _warm_topics(self, topics: set[str]) -> None:
         """Creates the topics a read just met while the reads go on, so the commit that needs

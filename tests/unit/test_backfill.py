@@ -212,3 +212,43 @@ async def test_an_eager_probe_fans_a_dense_range_out_after_its_first_page(
     assert len(emitted) == len(items)
     created = [i.created_ms for i in emitted]
     assert created == sorted(created)
+
+
+async def test_a_fetch_failing_while_an_emit_waits_loses_no_fetched_slice() -> None:
+    """Slices already fetched, but not emitted when another slice's fetch fails (the emit is
+    waiting on backpressure then), are emitted by the next run(), once each, in order."""
+    items = [Item(f"e{n}", n * 1000) for n in range(3)]  # one per slice
+    failed = asyncio.Event()
+    head_waiting = asyncio.Event()
+
+    async def fetch(lo: int, hi: int) -> AsyncIterator[list[Item]]:
+        if lo == 2000 and not failed.is_set():
+            # Fail once both older slices are fetched and the head's emit waits.
+            await head_waiting.wait()
+            failed.set()
+            raise RuntimeError("list failed")
+        await asyncio.sleep(0)
+        yield [i for i in items if lo <= i.created_ms < hi]
+
+    emitted: list[str] = []
+    backpressure = asyncio.Event()
+
+    async def emit(s: Slice[Item]) -> None:
+        if not backpressure.is_set():
+            head_waiting.set()
+            await backpressure.wait()  # all or nothing: cancelled here, nothing was emitted
+        emitted.extend(i.id for i in s.events or [])
+
+    bf = Backfiller(
+        SlicePlan[Item].build(0, 3000, 1000, 1000),
+        fetch,
+        emit,
+        concurrency=3,
+        max_buffered_events=100,
+    )
+    with pytest.raises(ExceptionGroup):
+        await bf.run()
+    assert emitted == []
+    backpressure.set()
+    await bf.run()
+    assert emitted == ["e0", "e1", "e2"]
