@@ -166,11 +166,25 @@ class RetryPolicy:
         restart loop whose previous generation ran healthily).
         """
         run = _Run(self, on_failure, fresh)
+        attempts = self.attempts
+        # The first attempt runs bare: most calls succeed at once, and setting up stamina's
+        # retry context (tenacity underneath) cost more CPU than a simulated request itself.
+        # Under stamina's testing mode its attempt count rules, so stamina runs them all.
+        if not stamina.is_testing():
+            await run.pause()
+            try:
+                return await fn()
+            except (Exception, BaseExceptionGroup) as exc:
+                run.failed(exc)
+                if not run.retrying:
+                    raise
+            if attempts is not None:
+                attempts -= 1  # >= 1: `failed` retries only while attempts remain
         # stamina runs the attempts and owns the stop; the backoff itself is `run.pause`, so
         # that it goes through `self.sleep` (stamina always sleeps with the event loop's own).
         async for attempt in stamina.retry_context(
             on=run.decided,
-            attempts=self.attempts,
+            attempts=attempts,
             timeout=None,
             wait_initial=0.0,
             wait_max=0.0,
@@ -254,6 +268,11 @@ class _Run:
             policy.log_failure(failure)
         else:
             self._on_failure(failure)
+
+    @property
+    def retrying(self) -> bool:
+        """Whether the last failed attempt is to be retried."""
+        return self._retry
 
     def decided(self, exc: Exception) -> bool:
         # stamina asks after every failed attempt; anything `failed` did not judge (a

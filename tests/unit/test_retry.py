@@ -146,6 +146,34 @@ async def test_attempts_bound_the_calls_and_failures_see_will_retry() -> None:
     assert [(f.attempt, f.will_retry) for f in seen] == [(1, True), (2, True), (3, False)]
 
 
+async def test_a_first_attempt_that_succeeds_never_builds_a_retry_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The common case costs one call: stamina's retry context is only entered after a
+    failure (it cost more CPU than a simulated request)."""
+
+    def refuse(**_kwargs: object) -> None:
+        raise AssertionError("retry context built for a call that did not fail")
+
+    monkeypatch.setattr(stamina, "retry_context", refuse)
+    flaky = Flaky()
+    assert await RetryPolicy("t", attempts=3, sleep=Sleeps()).call(flaky) == "done"
+    assert flaky.calls == 1
+
+
+async def test_a_retry_after_the_bare_first_attempt_waits_its_backoff_and_succeeds() -> None:
+    """A first failure outside stamina is still backed off (the first step) and retried, and
+    the attempts after it stay numbered from 2 with the bound unchanged."""
+    sleeps = Sleeps()
+    seen: list[Failure] = []
+    policy = RetryPolicy("t", attempts=2, base=1.0, rng=lambda: 1.0, sleep=sleeps)
+    flaky = Flaky(StripeServerError("busy", status=500))
+    assert await policy.call(flaky, on_failure=seen.append) == "done"
+    assert flaky.calls == 2
+    assert sleeps.delays == [1.0]
+    assert [(f.attempt, f.will_retry) for f in seen] == [(1, True)]
+
+
 async def test_fresh_failure_starts_the_backoff_over() -> None:
     """A failure after a healthy spell (fresh) waits the first step again, not the next."""
     sleeps = Sleeps()
