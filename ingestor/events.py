@@ -199,9 +199,11 @@ class V1List(msgspec.Struct):
 
 
 class V1PageHeads(msgspec.Struct):
-    """A v1 list page's event heads, decoded in one call (the raw bytes come from V1_LIST)."""
+    """A v1 list page's event heads, decoded in one call (the raw bytes come from V1_LIST,
+    only when some event is to be built)."""
 
     data: list[V1Head]
+    has_more: bool
 
 
 _V1_HEAD = msgspec.json.Decoder(V1Head)

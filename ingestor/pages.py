@@ -25,19 +25,27 @@ _warned: set[tuple[str, str]] = set()
 """(stream key, anomaly kind) already logged: each warns once per process, then only counts."""
 
 
+Skip = Callable[[str, int], bool]
+"""skip(event id, created ms) is True for an event the reader already has: it is counted in
+`Page.skipped` and never built."""
+
+
 @dataclass(frozen=True)
 class Page:
     """One list page, events in Stripe's order (newest first), only those inside the created
-    range the walk asked for.
+    range the walk asked for, less those the walk's `skip` said it already has.
 
     `cursor` resumes the walk after this page: the v1 `starting_after` id or the v2
-    `next_page_url`; None on the last page.
+    `next_page_url`; None on the last page. `skipped` counts the events left out by `skip`;
+    `last_created_ms` is the created time of the page's last listed event (skipped or not).
     """
 
     events: list[Event]
     has_more: bool
     request_id: str | None
     cursor: str | None = None
+    skipped: int = 0
+    last_created_ms: int | None = None
 
 
 def _data(body: dict[str, Any]) -> list[Any]:
@@ -47,25 +55,49 @@ def _data(body: dict[str, Any]) -> list[Any]:
     return data
 
 
-def _v1_parser(account: str | None) -> Callable[[bytes], Page]:
+def _v1_parser(
+    account: str | None, skip: Skip | None, lo_ms: int | None, hi_ms: int | None
+) -> Callable[[bytes], Page]:
     def parse(raw: bytes) -> Page:
         try:
-            body = V1_LIST.decode(raw)
             # Every event's head in one call: the per-event decode calls were a visible share
             # of a tail's CPU, which reads each event about ten times (overlaps and sweeps).
-            heads = V1_PAGE_HEADS.decode(raw).data
+            page = V1_PAGE_HEADS.decode(raw)
         except msgspec.DecodeError as exc:  # ValidationError (a bad event) is a DecodeError
             raise MalformedResponse(f"malformed v1 list response: {exc}"[:200]) from exc
-        # bytes(): each event keeps only its own bytes, not the whole page alive.
-        events = [
-            Event.from_v1_head(head, bytes(item), account)
-            for head, item in zip(heads, body.data, strict=True)
-        ]
-        if body.has_more and not events:
+        heads = page.data
+        if page.has_more and not heads:
             # Nothing to continue from: following it would loop on the same request forever.
             raise MalformedResponse("v1 list response with has_more but no data")
-        cursor = events[-1].id if body.has_more else None
-        return Page(events, body.has_more, None, cursor)
+        items: list[msgspec.Raw] | None = None
+        events: list[Event] = []
+        skipped = 0
+        for i, head in enumerate(heads):
+            created_ms = head.created * 1000
+            # Only an event inside the range is skipped: one outside it is built, so that
+            # `_Range.keep` still counts it as an anomaly.
+            if (
+                skip is not None
+                and head.id
+                and head.type
+                and (lo_ms is None or created_ms >= lo_ms)
+                and (hi_ms is None or created_ms < hi_ms)
+                and skip(head.id, created_ms)
+            ):
+                skipped += 1
+                continue
+            if items is None:
+                # Split into each event's bytes only once one is built: a page of re-read
+                # events (poll overlaps, sweeps) never needs them.
+                try:
+                    items = V1_LIST.decode(raw).data
+                except msgspec.DecodeError as exc:
+                    raise MalformedResponse(f"malformed v1 list response: {exc}"[:200]) from exc
+            # bytes(): each event keeps only its own bytes, not the whole page alive.
+            events.append(Event.from_v1_head(head, bytes(items[i]), account))
+        cursor = heads[-1].id if page.has_more else None
+        last = heads[-1].created * 1000 if heads else None
+        return Page(events, page.has_more, None, cursor, skipped, last)
 
     return parse
 
@@ -78,7 +110,8 @@ def _v2_parser(account: str | None, api_version: str) -> Callable[[dict[str, Any
         next_url = body["next_page_url"]
         if next_url is not None and (not isinstance(next_url, str) or not next_url):
             raise MalformedResponse("v2 list response with a non-string next_page_url")
-        return Page(events, next_url is not None, None, next_url)
+        last = events[-1].created_ms if events else None
+        return Page(events, next_url is not None, None, next_url, 0, last)
 
     return parse
 
@@ -148,10 +181,11 @@ class _Range:
             )
         return kept
 
-    def below(self, events: list[Event]) -> bool:
+    def below(self, page: Page) -> bool:
         """Whether the page ends before the range: a newest-first list only gets older after it,
         so a server that ignores the lower bound would otherwise walk the whole history."""
-        return self.lo_ms is not None and bool(events) and events[-1].created_ms < self.lo_ms
+        last = page.last_created_ms
+        return self.lo_ms is not None and last is not None and last < self.lo_ms
 
     def stuck(self, cursor: str) -> None:
         _anomaly(
@@ -177,6 +211,7 @@ async def v1_pages(
     starting_after: str | None = None,
     extra_budgets: Sequence[RateBudget] = (),
     priority: int = Priority.TAIL,
+    skip: Skip | None = None,
 ) -> AsyncIterator[Page]:
     """Walks `GET /v1/events` newest -> oldest with `starting_after` until `has_more` is false.
 
@@ -184,7 +219,8 @@ async def v1_pages(
     `types[]` (Stripe refuses both together). Events outside [created_gte, created_lt) are
     dropped from the pages and counted as anomalies; the walk also ends at a page that ends
     before created_gte, and at a cursor it already followed (that page is a repeat, dropped).
-    Every request waits under `extra_budgets` and Stripe's limiters at `priority`.
+    Every request waits under `extra_budgets` and Stripe's limiters at `priority`. An
+    in-range event `skip` says the caller has is only counted (`Page.skipped`), not built.
     """
     base: list[tuple[str, str]] = [("limit", str(limit))]
     if created_gte is not None:
@@ -195,11 +231,13 @@ async def v1_pages(
         base.append(("type", types[0]))
     else:
         base.extend(("types[]", t) for t in types)
-    parse = _v1_parser(account)
+    lo_ms = None if created_gte is None else created_gte * 1000
+    hi_ms = None if created_lt is None else created_lt * 1000
+    parse = _v1_parser(account, skip, lo_ms, hi_ms)
     bounds = _Range(
         Stream("v1", account),
-        None if created_gte is None else created_gte * 1000,
-        None if created_lt is None else created_lt * 1000,
+        lo_ms,
+        hi_ms,
         lambda ms: ms // 1000,
         (created_gte, created_lt),
     )
@@ -222,8 +260,15 @@ async def v1_pages(
         if page.cursor is not None and page.cursor in followed:
             bounds.stuck(page.cursor)
             return
-        yield Page(bounds.keep(page.events), page.has_more, response.request_id, page.cursor)
-        if page.cursor is None or bounds.below(page.events):
+        yield Page(
+            bounds.keep(page.events),
+            page.has_more,
+            response.request_id,
+            page.cursor,
+            page.skipped,
+            page.last_created_ms,
+        )
+        if page.cursor is None or bounds.below(page):
             return
         followed.add(page.cursor)
         cursor = page.cursor
@@ -281,8 +326,14 @@ async def v2_pages(
         if page.cursor is not None and page.cursor in followed:
             bounds.stuck(page.cursor)
             return
-        yield Page(bounds.keep(page.events), page.has_more, response.request_id, page.cursor)
-        if page.cursor is None or bounds.below(page.events):
+        yield Page(
+            bounds.keep(page.events),
+            page.has_more,
+            response.request_id,
+            page.cursor,
+            last_created_ms=page.last_created_ms,
+        )
+        if page.cursor is None or bounds.below(page):
             return
         followed.add(page.cursor)
         # The page URL already carries the filters; sending them again would duplicate them.
@@ -304,4 +355,4 @@ async def fetch_object(
     return body
 
 
-__all__ = ["Page", "fetch_object", "v1_pages", "v2_pages"]
+__all__ = ["Page", "Skip", "fetch_object", "v1_pages", "v2_pages"]

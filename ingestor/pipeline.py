@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from ingestor.hydrate import Hydrator
 from ingestor.intake import DUPLICATE_VERDICTS, WebhookIntake, classify
 from ingestor.limits import Priority, fair_key
 from ingestor.log import TransactionalLog
-from ingestor.pages import v1_pages, v2_pages
+from ingestor.pages import Skip, v1_pages, v2_pages
 from ingestor.plan import lost_window, plan_backfill, retention_edge, retention_floor
 from ingestor.plan import read_through as plan_read_through
 from ingestor.progress import ProgressReporter
@@ -579,7 +580,9 @@ class Pipeline:
             tail_cfg = dataclasses.replace(tail_cfg, poll_interval=w.poll_interval_seconds)
         return Tail(
             rt,
-            lambda lo, hi, extra, priority: self._read_window(p, lo, hi, extra, priority),
+            lambda lo, hi, extra, priority: self._read_window(
+                p, lo, hi, extra, priority, skip=functools.partial(_known, rt)
+            ),
             accept,
             tail_cfg,
             sweep_budget=self.sweep_budget,
@@ -609,7 +612,11 @@ class Pipeline:
         hi_ms: int | None,
         extra: Sequence[RateBudget],
         priority: Priority,
+        *,
+        skip: Skip | None = None,
     ) -> AsyncIterator[list[Event]]:
+        """Pages of the window; `skip` leaves out (and counts as duplicates) v1 events the
+        caller already has, unbuilt (see `_known`)."""
         types = self.cfg.stripe.types
         if p.api == "v1":
             pages = v1_pages(
@@ -620,6 +627,7 @@ class Pipeline:
                 types=types,
                 extra_budgets=extra,
                 priority=priority,
+                skip=skip,
             )
         else:
             pages = v2_pages(
@@ -632,6 +640,8 @@ class Pipeline:
                 priority=priority,
             )
         async for page in pages:
+            if page.skipped:
+                metrics.DUPLICATES_SKIPPED.labels(source=p.api).inc(page.skipped)
             yield page.events
 
     # --- turning events into batches --------------------------------------------------------
@@ -1011,6 +1021,19 @@ class Pipeline:
             splits=s.splits,
             seconds=round(clock.monotonic() - s.started, 1),
         )
+
+
+def _known(rt: StreamState, event_id: str, created_ms: int) -> bool:
+    """Whether a tail read may leave the event out unbuilt: it is published already (so
+    `claim` would drop it) and created at or before the watermark (so it cannot move it:
+    the watermark a poll reaches is the same with or without it).
+
+    Exact for the reads of `Tail`: each holds its lower bound in `rt.reading` while it runs,
+    so no id inside its range leaves the seen window before its events are claimed, and a
+    failed transaction rebuilds the whole generation from the state topic, not this window.
+    """
+    wm = rt.watermark_ms
+    return wm is not None and created_ms <= wm and rt.has_seen(event_id, created_ms)
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:

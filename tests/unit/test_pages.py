@@ -441,3 +441,78 @@ async def test_fetch_object_of_a_deleted_object_raises_not_found_without_retry(
     with pytest.raises(StripeNotFound):
         await fetch_object(client, "/v1/billing/meters/mtr_9", account=None, api="v1")
     assert len(stub.requests) == 1
+
+
+async def test_v1_skip_leaves_known_events_unbuilt_and_the_walk_unchanged(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """Events `skip` knows are counted in `skipped`, not built; the others come out in list
+    order; the cursors, requests and last listed time are those of the walk without it."""
+    stub.fallback = V1Events(250)
+    known = {f"evt_{i:04d}" for i in range(0, 250) if i % 3}
+    asked: list[tuple[str, int]] = []
+
+    def skip(event_id: str, created_ms: int) -> bool:
+        asked.append((event_id, created_ms))
+        return event_id in known
+
+    got = await collect(v1_pages(client, account=None, created_gte=T0, limit=100, skip=skip))
+    assert [e.id for p in got for e in p.events] == [
+        f"evt_{i:04d}" for i in reversed(range(250)) if i % 3 == 0
+    ]
+    assert sum(p.skipped for p in got) == len(known)
+    assert sum(p.skipped + len(p.events) for p in got) == 250
+    assert [p.cursor for p in got] == ["evt_0150", "evt_0050", None]
+    assert [p.last_created_ms for p in got] == [(T0 + i) * 1000 for i in (150, 50, 0)]
+    assert ("evt_0249", (T0 + 249) * 1000) in asked
+    assert len(stub.requests) == 3
+
+
+async def test_v1_a_page_of_only_known_events_still_ends_a_walk_below_the_range(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """A server ignoring created[gte] (has_more forever): the walk still ends at the page that
+    ends before the range even when `skip` knows all of that page's in-range events."""
+    stub.fallback = ignoring_filters(
+        v1_list([v1_event(3), v1_event(2)], has_more=True),
+        v1_list([v1_event(1), v1_event(-1)], has_more=True),
+        v1_list([v1_event(-2), v1_event(-3)], has_more=True),
+    )
+    got = await collect(
+        v1_pages(client, account="acct_skipbelow", created_gte=T0, skip=lambda _i, _c: True)
+    )
+    assert [p.skipped for p in got] == [2, 1]
+    assert [p.events for p in got] == [[], []]
+    assert len(stub.requests) == 2
+
+
+async def test_v1_skip_never_hides_an_event_outside_the_range(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """An out-of-range event is never offered to `skip`: it is still counted as an anomaly
+    (finding 9) even when the reader says it has every id."""
+    stub.fallback = v1_list([v1_event(1000), v1_event(999), v1_event(-1)], has_more=False)
+    before = anomalies("v1:acct_skiprange", "out_of_range")
+    asked: list[str] = []
+
+    def skip(event_id: str, created_ms: int) -> bool:
+        asked.append(event_id)
+        return True
+
+    got = await collect(
+        v1_pages(client, account="acct_skiprange", created_gte=T0, created_lt=T0 + 1000, skip=skip)
+    )
+    assert asked == ["evt_0999"]
+    assert [(p.events, p.skipped) for p in got] == [([], 1)]
+    assert anomalies("v1:acct_skiprange", "out_of_range") == before + 2
+
+
+async def test_v1_skip_does_not_cover_a_malformed_event(
+    stub: StripeStub, client: StripeClient
+) -> None:
+    """An event with an empty type is refused as malformed (and retried) even if `skip`
+    would take its id: skipping never weakens validation of what was listed."""
+    bad = {**v1_event(5), "type": ""}
+    stub.fallback = v1_list([bad], has_more=False)
+    with pytest.raises(MalformedResponse):
+        await collect(v1_pages(client, account=None, created_gte=T0, skip=lambda _i, _c: True))

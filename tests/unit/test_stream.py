@@ -13,6 +13,7 @@ import pytest
 from ingestor.config import KafkaConfig
 from ingestor.errors import StateCorrupt
 from ingestor.events import Event, Record, Stream
+from ingestor.pipeline import _known
 from ingestor.route import record_size
 from ingestor.state import encode_head
 from ingestor.stream import BUCKET_MS, COMPACT_CHUNKS, BackfillProgress, StreamState
@@ -292,3 +293,21 @@ def test_a_finished_sweep_bounds_the_next_one_by_its_start_and_the_read_through_
     rt.set_read_through(7_000_000)
     rt.finish_sweep(4_000_000, window)  # an older start never moves it back
     assert rt.sweep_lo_ms == 5_500_000 - window
+
+
+def test_a_tail_read_skips_only_published_events_at_or_before_the_watermark() -> None:
+    """`pipeline._known`, the tail reads' skip: a published event created at or before the
+    watermark is skipped; one created after it is not (leaving it out could hold the
+    watermark back: a webhook-pushed event is published before any poll lists it), nor an
+    unpublished one, nor anything before the stream has a watermark."""
+    rt = StreamState(P)
+    old, newer = Seen("evt_old", 1_000_000), Seen("evt_newer", 1_005_000)
+    assert not _known(rt, old.id, old.created_ms)
+    rt.set_tail_start(900_000)
+    rt.mark([old, newer])
+    rt.advance_watermark(1_002_000)
+    assert _known(rt, old.id, old.created_ms)
+    assert not _known(rt, newer.id, newer.created_ms)
+    assert not _known(rt, "evt_other", old.created_ms)
+    rt.advance_watermark(newer.created_ms)
+    assert _known(rt, newer.id, newer.created_ms)
