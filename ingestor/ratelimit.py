@@ -64,6 +64,10 @@ class PriorityLock:
                 return
         self._held = False
 
+    def idle(self) -> bool:
+        """Neither held nor waited for: an `acquire` now would return at once."""
+        return not self._held and not self._pending()
+
     def outranked(self, priority: int, seq: int, vtime: float = 0.0) -> bool:
         """Whether a waiter queued ahead of (priority, vtime, seq) is waiting for this lock."""
         return self._pending() and self._heap[0][:3] < (priority, vtime, seq)
@@ -171,6 +175,14 @@ class RateBudget:
         vtime = self._vstart(fair_key.get(), cost)
         # A cost above the burst could never be met in full; it is taken as debt instead.
         need = min(cost, self._burst)
+        if self._lock.idle():
+            # Nobody holds or waits for the lock: what taking and releasing it would do,
+            # without the round trip (most acquisitions find a token at once).
+            self._refill()
+            if self._tokens + EPSILON >= need:
+                self._tokens -= cost
+                self._vnow = max(self._vnow, vtime)
+                return
         while True:
             await self._lock.acquire(priority, seq, vtime)
             try:

@@ -130,6 +130,9 @@ class StripeClient(AsyncResource):
             raise ConfigError("stripe.api_base", "a live key is only ever sent over https")
         self._config = config
         self._base = config.api_base.rstrip("/")
+        # How `_url` writes api_base back: lower-case scheme, netloc and path as given.
+        self._base_origin = f"{base.scheme.lower()}://{base.netloc}"
+        self._base_path = base.path
         self._origin = (base.scheme, base.hostname, base.port or _default_port(base.scheme))
         self._limits = limits if limits is not None else Limits.from_config(config, budget=budget)
         self._policy = RetryPolicy(
@@ -141,6 +144,7 @@ class StripeClient(AsyncResource):
             sleep=sleep,
             rng=rng,
         )
+        self._policies: dict[int, RetryPolicy] = {}
         stall = stall_timeout if stall_timeout is not None else DEFAULT_STALL_SECONDS
         self._request_timeout = config.request_timeout
         self._stall_timeout = min(stall, config.request_timeout)
@@ -250,10 +254,7 @@ class StripeClient(AsyncResource):
         headers = self._headers(method, account, api)
         limits = self._limits
         op = limits.operation(method, endpoint)
-        policy = self._policy
-        if max_retries is not None:
-            policy = policy.with_attempts(max(0, max_retries) + 1)
-        bound = log.bind(endpoint=endpoint, method=method, account=account)
+        policy = self._policy if max_retries is None else self._policy_for(max_retries)
 
         async def attempt() -> Response[T]:
             try:
@@ -287,8 +288,11 @@ class StripeClient(AsyncResource):
             if isinstance(error, StripeRateLimited):
                 RATE_LIMITED.inc()
                 limiter = limits.on_rate_limited(op, error.limiter)
-            bound.warning(
+            log.warning(
                 "stripe request failed",
+                endpoint=endpoint,
+                method=method,
+                account=account,
                 status=error.status,
                 limiter=limiter,
                 request_id=error.request_id,
@@ -301,6 +305,16 @@ class StripeClient(AsyncResource):
             )
 
         return await policy.call(attempt, on_failure=failed)
+
+    def _policy_for(self, max_retries: int) -> RetryPolicy:
+        # Kept per count: every hydration fetch asks for one, and building a policy per
+        # request was a visible share of a simulation's CPU.
+        policy = self._policies.get(max_retries)
+        if policy is None:
+            policy = self._policies[max_retries] = self._policy.with_attempts(
+                max(0, max_retries) + 1
+            )
+        return policy
 
     async def _attempt(
         self,
@@ -436,6 +450,18 @@ class StripeClient(AsyncResource):
         """The absolute URL to call and its path; refuses anything off `api_base`'s origin."""
         # `//host/...` is a scheme-relative URL to another host, not a path.
         is_path = path_or_url.startswith("/") and not path_or_url.startswith("//")
+        if (
+            is_path
+            and path_or_url.isascii()
+            and path_or_url.isprintable()  # urlsplit drops tabs and newlines: not here
+            and "?" not in path_or_url
+            and "#" not in path_or_url
+        ):
+            # A bare path stays on api_base's origin by construction (checked once, in
+            # __init__): what urlsplit would give, without splitting every request's URL.
+            path = self._base_path + path_or_url
+            text = self._base_origin + path
+            return (f"{text}?{urlencode(list(params))}" if params else text), path
         full = self._base + path_or_url if is_path else path_or_url
         parts = urlsplit(full)
         scheme = parts.scheme.lower()

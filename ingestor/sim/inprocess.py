@@ -147,6 +147,7 @@ class InProcessTransport(AsyncResource):
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._closed = False
+        self._chains: dict[Handler, Handler] = {}
 
     @classmethod
     def for_simulator(cls, sim: Simulator) -> InProcessTransport:
@@ -231,12 +232,17 @@ class InProcessTransport(AsyncResource):
         return HttpResponse(response.status, answer, bytes(wire.body))
 
     def _handler(self, handler: Handler) -> Handler:
-        # The same onion the server builds: the first middleware is the outermost.
-        for middleware in reversed(self._app.middlewares):
-            handler = functools.update_wrapper(
-                functools.partial(middleware, handler=handler), handler
-            )
-        return handler
+        # The same onion the server builds: the first middleware is the outermost. Built
+        # once per route handler (the app is frozen, so its middlewares are fixed).
+        chain = self._chains.get(handler)
+        if chain is None:
+            chain = handler
+            for middleware in reversed(self._app.middlewares):
+                chain = functools.update_wrapper(
+                    functools.partial(middleware, handler=chain), chain
+                )
+            self._chains[handler] = chain
+        return chain
 
     def __repr__(self) -> str:
         return f"InProcessTransport({'closed' if self._closed else 'open'})"

@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 import structlog
@@ -315,6 +316,29 @@ async def test_an_absolute_url_on_another_origin_is_refused_without_sending(
         await client.request_json("GET", url.format(port=stub.port))
     assert not info.value.retriable
     assert stub.requests == []
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "params"),
+    [
+        ("http://127.0.0.1:9", "/v1/customers/cus_1", []),
+        ("HTTP://Stripe.Local:9/", "/v1/events", [("limit", "100"), ("types[]", "a b")]),
+        ("http://127.0.0.1:9/prefix/", "/v2/core/events", [("created[gte]", "2026-01-01")]),
+        ("http://127.0.0.1:9", "/v1/x\n/y", []),  # urlsplit drops the newline
+        ("http://127.0.0.1:9", "/v1/x#frag", [("a", "1")]),
+        ("http://127.0.0.1:9", "/v1/x?b=2", [("a", "1")]),
+    ],
+)
+def test_a_bare_path_gives_the_url_the_general_split_gives(
+    base: str, path: str, params: list[tuple[str, str]]
+) -> None:
+    """The shortcut for plain paths (no query, fragment or control characters) builds the
+    same URL and path as splitting the whole URL, whatever api_base's case and prefix."""
+    client = StripeClient(config(base))
+    split = urlsplit(client._base + path)
+    query = "&".join(x for x in (split.query, urlencode(params)) if x)
+    expected = f"{split.scheme}://{split.netloc}{split.path}" + (f"?{query}" if query else "")
+    assert client._url(path, params) == (expected, split.path)
 
 
 def test_a_live_key_over_plain_http_is_refused() -> None:
