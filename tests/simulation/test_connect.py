@@ -20,7 +20,7 @@ from ingestor.sim.inprocess import InProcessTransport
 from ingestor.sim.scenario import Faults, load_scenario
 from ingestor.sim.simulator import Simulator
 from ingestor.transport import HttpResponse
-from tests.simulation.world import EPOCH_MS, KEY, _header, _quiet_logs
+from tests.simulation.world import EPOCH_MS, KEY, _header, _quiet_logs, lean_loop
 
 PREFIX = "conn"
 EARLY = "acct_1SimEarly0000000000"
@@ -245,6 +245,7 @@ async def test_a_thousand_idle_accounts_stay_inside_the_budget() -> None:
         endpoint_rate_limit=25.0,
         faults=Faults(),
     )
+    lean_loop()
     with clock.use(LoopClock(EPOCH_MS)), _quiet_logs():
         sim = Simulator(scenario, seed=5)
         broker = MemoryBroker(keep_values=False)

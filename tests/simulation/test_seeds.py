@@ -4,6 +4,7 @@ world.py). A failure prints the one command that replays its seed."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -11,12 +12,15 @@ import pytest
 from tests.simulation.run import make_parser
 from tests.simulation.world import (
     CONNECTED,
+    LOOPTIME_SYNC_FUTURES,
     NOOP_CYCLES,
     REVOKED,
     SWEEP_WINDOW_S,
     Plan,
     Report,
     Step,
+    _LeanWeakSet,
+    lean_loop,
     make_plan,
     run_plan,
 )
@@ -41,6 +45,17 @@ def quiet(seed: int, hours: float, rate: float, **changes: object) -> Plan:
     }
     values.update(changes)
     return Plan(**values)  # type: ignore[arg-type]  # test-only convenience over the fields
+
+
+@pytest.mark.looptime
+async def test_lean_loop_swaps_looptime_s_executor_futures_and_threads_still_run() -> None:
+    """`lean_loop` really replaces looptime's executor-future set (if looptime renamed it,
+    the speed-up would silently be gone), and a thread started afterwards is still tracked
+    and awaited to completion under fast-forwarded time."""
+    lean_loop()
+    loop = asyncio.get_running_loop()
+    assert isinstance(getattr(loop, LOOPTIME_SYNC_FUTURES), _LeanWeakSet)
+    assert await asyncio.to_thread(sum, [1, 2, 3]) == 6
 
 
 def test_the_ci_seeds_cover_every_kind_of_trouble() -> None:

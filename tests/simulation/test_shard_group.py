@@ -28,6 +28,7 @@ from tests.simulation.world import (
     PREFIX,
     _header,
     _quiet_logs,
+    lean_loop,
     order_violations,
 )
 
@@ -134,6 +135,7 @@ async def test_two_processes_a_rebalance_and_a_zombie_publish_every_event_once()
     transactional id stops the zombie's commits; when a wakes it releases and rejoins. Every
     visible event is published exactly once, in per-object order, and the zombie was fenced."""
     hours = 0.25
+    lean_loop()
     with clock.use(LoopClock(EPOCH_MS)), _quiet_logs() as logs:
         loaded = settings()
         scenario = dataclasses.replace(

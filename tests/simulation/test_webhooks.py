@@ -42,6 +42,7 @@ from tests.simulation.world import (
     _sample_state,
     _scenario,
     _settings,
+    lean_loop,
 )
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.looptime]
@@ -133,6 +134,7 @@ class _Stripe:
 async def run_webhook_plan(
     plan: Plan, order: Literal["strict", "arrival"]
 ) -> tuple[Report, _Stripe]:
+    lean_loop()
     report = Report(plan)
     rng = random.Random(plan.seed)
     with clock.use(LoopClock(EPOCH_MS)), _quiet_logs() as logs:

@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import random
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager, suppress
@@ -380,8 +381,39 @@ FAULT_RATE_LIMIT = 15.0
 PARK_NOTICE_S = 60.0
 
 
+# looptime 0.9's (name-mangled) set of executor futures; see `lean_loop`.
+LOOPTIME_SYNC_FUTURES = "_LoopTimeEventLoop__sync_futures"
+
+
+class _LeanWeakSet(weakref.WeakSet[Any]):
+    """A WeakSet that is free to iterate while empty (WeakSet's guard costs ~1 us a pass)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return super().__iter__() if len(self) else iter(())
+
+
+def lean_loop() -> None:
+    """Makes the running looptime loop cheaper per iteration for a simulation.
+
+    looptime 0.9 checks its executor futures (a WeakSet) on every pass of the loop, to step
+    time while a thread runs. A simulation starts no thread, so the set stays empty, but
+    iterating an empty WeakSet cost up to 14% of a test's CPU (1,000 idle streams, each
+    pass waking a few timers). The set is swapped for one that keeps WeakSet's behaviour and
+    returns at once while empty. Call it inside the test (looptime resets the set when it
+    sets a test's loop up); a looptime without that attribute is left alone.
+    """
+    loop = asyncio.get_running_loop()
+    current = getattr(loop, LOOPTIME_SYNC_FUTURES, None)
+    if isinstance(current, weakref.WeakSet) and not isinstance(current, _LeanWeakSet):
+        lean = _LeanWeakSet()
+        for fut in current:
+            lean.add(fut)
+        setattr(loop, LOOPTIME_SYNC_FUTURES, lean)
+
+
 async def run_plan(plan: Plan) -> Report:
     """Plays `plan` against the real service in fast-forwarded time and checks it."""
+    lean_loop()
     report = Report(plan)
     wall = time.perf_counter()
     with clock.use(LoopClock(EPOCH_MS)), _quiet_logs() as logs:
