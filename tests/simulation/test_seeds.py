@@ -28,7 +28,7 @@ from tests.simulation.world import (
 # CI runs 50; `make chaos` runs 1,000 through `python -m tests.simulation.run`.
 SEEDS = int(os.environ.get("SIM_SEEDS", "50"))
 SEED_HOURS = float(os.environ.get("SIM_HOURS", "0.15"))
-# 50 events/s seeds cost about 90 s of CPU per simulated hour (README, "Simulation speed").
+# 50 events/s seeds cost about 70 s of CPU per simulated hour (README, "Simulation speed").
 SEED_MAX_RATE = float(os.environ.get("SIM_MAX_RATE", "20"))
 
 
