@@ -64,6 +64,10 @@ class Head:
     # read-through time, less the sweep window): no id at or above it may leave the seen
     # window, and a restart sweeps from here.
     sweep_lo_ms: int | None = None
+    # [lo, hi) ranges a restart sweep owes, kept until one finishes: a process stopped while
+    # its restart sweep ran leaves them here, and the next restart sweeps them too, however
+    # far its catch-up moved the watermark meanwhile (sorted, disjoint; see stream.owe()).
+    owed: list[tuple[int, int]] = field(default_factory=list)
 
 
 def head_key(stream: Stream) -> bytes:
@@ -93,6 +97,7 @@ def encode_head(head: Head) -> bytes:
             "buckets": {str(b): n for b, n in sorted(head.buckets.items())},
             "read_through_ms": head.read_through_ms,
             "sweep_lo_ms": head.sweep_lo_ms,
+            "owed": [[lo, hi] for lo, hi in head.owed],
         }
     )
 
@@ -123,6 +128,7 @@ def decode_head(key: bytes, value: bytes) -> Head:
             # Absent in heads written before they existed: unknown, so derived conservatively.
             read_through_ms=_opt_int(raw.get("read_through_ms")),
             sweep_lo_ms=_opt_int(raw.get("sweep_lo_ms")),
+            owed=[(_int(lo), _int(hi)) for lo, hi in raw.get("owed", ())],
         )
     except StateCorrupt:
         raise

@@ -24,8 +24,11 @@ DEFAULT_MAX_MESSAGE_BYTES = KafkaConfig().max_message_bytes
 # How far the persisted read-through time may lag the live one: alarms work in days, and
 # persisting it on every poll would cost a Kafka transaction per stream per second.
 READ_THROUGH_PERSIST_MS = 60_000
+# Owed restart ranges kept at most: past it the two closest merge into one that covers both
+# (re-reading more is safe; a crash loop must not grow the head record without bound).
+MAX_OWED = 8
 
-__all__ = ["BUCKET_MS", "BackfillProgress", "Seen", "StreamState"]
+__all__ = ["BUCKET_MS", "BackfillProgress", "Seen", "StreamState", "merge_ranges"]
 
 
 class Seen(Protocol):
@@ -183,9 +186,7 @@ class StreamState:
         )
         return lo - lo % self.granularity_ms
 
-    def sweep_bounds(
-        self, overlap_ms: int, window_ms: int, hi_cap: int | None = None
-    ) -> tuple[int, int]:
+    def sweep_bounds(self, overlap_ms: int, window_ms: int) -> tuple[int, int]:
         """[lo, hi) of the next sweep: from where the last one left its lower bound (so a
         long sweep or a stop never skips a late event) up to the poll window.
 
@@ -195,8 +196,6 @@ class StreamState:
         """
         assert self.head.tail_start_ms is not None
         hi = self.poll_lo(overlap_ms)
-        if hi_cap is not None:
-            hi = min(hi, hi_cap)
         lo = self.head.sweep_lo_ms
         if lo is None:
             lo = hi - window_ms
@@ -211,7 +210,7 @@ class StreamState:
             self.head.sweep_lo_ms = lo
             self._head_dirty = True
 
-    def finish_sweep(self, started_ms: int, window_ms: int) -> None:
+    def finish_sweep(self, started_ms: int, window_ms: int, *, restart: bool = False) -> None:
         """A sweep that began at `started_ms` is done: the next one starts a window behind the
         earlier of that and the time the stream is read through.
 
@@ -220,11 +219,39 @@ class StreamState:
         Meanwhile the sweeps' upper bound (`poll_lo`) stays behind it, and a bound moved on
         from wall time would pass, unread, the events that read listed before they became
         visible. Until some read has gone through, the bound stays where it is.
+
+        `restart`: it was a restart sweep, which read every owed range; they are settled with
+        the bound, in the same head record.
         """
         read_through = self.head.read_through_ms
         if read_through is None:
             return
         self.set_sweep_lo(min(started_ms, read_through) - window_ms)
+        if restart and self.head.owed:
+            self.head.owed = []
+            self._head_dirty = True
+
+    @property
+    def owed(self) -> list[tuple[int, int]]:
+        """[lo, hi) ranges the restart sweep owes (see `owe_restart_sweep`)."""
+        return list(self.head.owed)
+
+    def owe_restart_sweep(self, overlap_ms: int, window_ms: int) -> list[tuple[int, int]]:
+        """At a restart, before anything is read: records in the head what its sweep owes,
+        the next sweep's bounds up to where the stop began, and returns every range owed,
+        those an earlier restart sweep left unfinished included.
+
+        Kept until a restart sweep finishes (`finish_sweep(..., restart=True)`): the catch-up
+        moves the watermark on, so a process stopped before its restart sweep is done could
+        otherwise no longer tell the next one where that sweep began and ended.
+        """
+        lo, hi = self.sweep_bounds(overlap_ms, window_ms)
+        if hi > lo:
+            owed = merge_ranges([*self.head.owed, (lo, hi)], MAX_OWED)
+            if owed != self.head.owed:
+                self.head.owed = owed
+                self._head_dirty = True
+        return list(self.head.owed)
 
     def set_read_through(self, started_ms: int) -> None:
         """A read that began at `started_ms` (wall time) has returned the newest events and
@@ -255,6 +282,7 @@ class StreamState:
             bounds.append(self.poll_lo(overlap_ms))
         if self.head.sweep_lo_ms is not None and window_ms > 0:
             bounds.append(self.head.sweep_lo_ms)
+        bounds.extend(lo for lo, _ in self.head.owed)
         if not bounds:
             return 0
         return min(bounds) - self.granularity_ms
@@ -339,3 +367,18 @@ class StreamState:
             rt._head_dirty = False
             out[head.stream] = rt
         return out
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """`ranges` as sorted, disjoint [lo, hi) ranges covering at least the same times, at most
+    `limit` of them (past it the two closest merge into one that spans both)."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(r for r in ranges if r[1] > r[0]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    while len(merged) > max(1, limit):
+        i = min(range(len(merged) - 1), key=lambda j: merged[j + 1][0] - merged[j][1])
+        merged[i : i + 2] = [(merged[i][0], merged[i + 1][1])]
+    return merged

@@ -153,33 +153,59 @@ class Tail:
         self._on_poll_ok()
         return new
 
-    async def sweep(self, hi_cap: int | None = None, *, shared: bool = True) -> tuple[int, int]:
+    async def sweep(self, *, shared: bool = True) -> tuple[int, int]:
         """One pass over the sweep window; returns (new events, the wall time it started).
 
-        `hi_cap` stops it below where a restart's catch-up begins; `shared=False` lets it use
-        the whole budget (nothing else is reading: `--once`).
+        `shared=False` lets it use the whole budget (nothing else is reading: `--once`).
         """
         started = self._clock_ms()
-        lo, hi = self._rt.sweep_bounds(self._overlap_ms, self._window_ms, hi_cap)
-        lo = max(lo, self._floor_ms())
-        new = 0
-        if hi > lo:
-            extra = (self._sweep_budget,) if shared and self._sweep_budget is not None else ()
-            # Page by page: at high rates the window is large, and what a sweep finds is late
-            # events, which are already out of order; nothing is gained by holding the window.
-            with self._rt.reading(lo):
-                async for page in self._read(lo, hi, extra, Priority.SWEEP):
-                    new += await self._accept(page, None)
+        lo, hi = self._rt.sweep_bounds(self._overlap_ms, self._window_ms)
+        new = await self._sweep_range(lo, hi, shared)
         self.sweeps += 1
         if new:
             log.info("sweep found late events", new=new, window_s=round((hi - lo) / 1000, 1))
         metrics.SWEEP_WINDOW.labels(stream=self._rt.stream.key).set(max(0, hi - lo) / 1000)
         return new, started
 
-    async def _finish_sweep(self, started_ms: int) -> None:
+    async def restart_sweep(
+        self, owed: Sequence[tuple[int, int]], *, shared: bool = True
+    ) -> tuple[int, int]:
+        """Sweeps every range a restart owes (`StreamState.owe_restart_sweep`), below where
+        its catch-up begins; returns (new events, the wall time it started)."""
+        started = self._clock_ms()
+        new = 0
+        for lo, hi in owed:
+            new += await self._sweep_range(lo, hi, shared)
+        self.sweeps += 1
+        span = sum(hi - lo for lo, hi in owed)
+        if new:
+            log.info(
+                "restart sweep found late events",
+                new=new,
+                window_s=round(span / 1000, 1),
+                ranges=len(owed),
+            )
+        metrics.SWEEP_WINDOW.labels(stream=self._rt.stream.key).set(max(0, span) / 1000)
+        return new, started
+
+    async def _sweep_range(self, lo: int, hi: int, shared: bool) -> int:
+        lo = max(lo, self._floor_ms())
+        if hi <= lo:
+            return 0
+        new = 0
+        extra = (self._sweep_budget,) if shared and self._sweep_budget is not None else ()
+        # Page by page: at high rates the window is large, and what a sweep finds is late
+        # events, which are already out of order; nothing is gained by holding the window.
+        with self._rt.reading(lo):
+            async for page in self._read(lo, hi, extra, Priority.SWEEP):
+                new += await self._accept(page, None)
+        return new
+
+    async def _finish_sweep(self, started_ms: int, *, restart: bool = False) -> None:
         """Moves the next sweep's bound to a window behind `started_ms` or the time the stream
-        is read through, whichever is earlier, and persists it."""
-        self._rt.finish_sweep(started_ms, self._window_ms)
+        is read through, whichever is earlier (and, after a restart sweep, settles what the
+        restart owed), and persists it."""
+        self._rt.finish_sweep(started_ms, self._window_ms, restart=restart)
         await self._accept([], None)
 
     async def _collect(
@@ -197,28 +223,33 @@ class Tail:
         """Catches up, polls until a poll brings less than a page, then does the restart
         sweep (at the whole budget: nothing else reads) and records its bound."""
         began = self._clock_ms()
-        restart_hi = self._rt.poll_lo(self._overlap_ms)
+        owed = self._owe_restart_sweep()
         if catch_up is not None:
             await _retrying(catch_up, "catch-up")
         while await _retrying(self.poll, "poll") >= self._page_size:
             pass
         if self._window_ms > 0:
-            _, started = await _retrying(lambda: self.sweep(restart_hi, shared=False), "sweep")
-            await self._finish_sweep(min(started, began))
+            _, started = await _retrying(lambda: self.restart_sweep(owed, shared=False), "sweep")
+            await self._finish_sweep(min(started, began), restart=True)
 
     async def run(self, catch_up: Callable[[], Awaitable[object]] | None = None) -> None:
         """Catches up, then polls and sweeps until cancelled (cancellation stops intake)."""
         began = self._clock_ms()
-        # Read before the catch-up moves the watermark: where the stop began.
-        restart_hi = self._rt.poll_lo(self._overlap_ms)
+        owed = self._owe_restart_sweep()
         caught_up = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             if self._window_ms > 0:
-                tg.create_task(self._sweep_loop(restart_hi, began, caught_up))
+                tg.create_task(self._sweep_loop(owed, began, caught_up))
             if catch_up is not None:
                 await _retrying(catch_up, "catch-up")
             caught_up.set()
             tg.create_task(self._poll_loop())
+
+    def _owe_restart_sweep(self) -> list[tuple[int, int]]:
+        # Before the catch-up moves the watermark: up to where the stop began.
+        if self._window_ms <= 0:
+            return []
+        return self._rt.owe_restart_sweep(self._overlap_ms, self._window_ms)
 
     def nudge(self) -> None:
         """Poll now rather than at the end of the current wait (a webhook said there is news)."""
@@ -241,14 +272,16 @@ class Tail:
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
 
-    async def _sweep_loop(self, restart_hi: int, began: int, caught_up: asyncio.Event) -> None:
+    async def _sweep_loop(
+        self, owed: list[tuple[int, int]], began: int, caught_up: asyncio.Event
+    ) -> None:
         loop_time = clock.monotonic
         t0 = loop_time()
-        _, started = await _retrying(lambda: self.sweep(restart_hi), "sweep")
+        _, started = await _retrying(lambda: self.restart_sweep(owed), "sweep")
         # The next sweep may start above the restart's range only once the catch-up, which
         # read everything after it as of `began`, is done.
         await caught_up.wait()
-        await self._finish_sweep(min(started, began))
+        await self._finish_sweep(min(started, began), restart=True)
         while True:
             rest = self._cfg.sweep_interval_seconds - (loop_time() - t0)
             await asyncio.sleep(max(rest, self._cfg.poll_interval))

@@ -12,11 +12,15 @@ from collections.abc import Iterable
 
 import looptime
 
-from tests.simulation.world import NOOP_CYCLES, Report, make_plan, run_plan
+from tests.simulation.world import NOOP_CYCLES, Plan, Report, make_plan, run_plan
 
 
 def _run(seed: int, *, hours: float, rate: float | None, max_rate: float | None) -> Report:
-    plan = make_plan(seed, hours=hours, rate=rate, max_rate=max_rate)
+    return run_in_new_loop(make_plan(seed, hours=hours, rate=rate, max_rate=max_rate))
+
+
+def run_in_new_loop(plan: Plan) -> Report:
+    """Plays `plan` in a fresh fast-forwarded loop whose time starts at 0, as every seed does."""
     loop = looptime.new_event_loop(start=0.0, noop_cycles=NOOP_CYCLES)
     try:
         return loop.run_until_complete(run_plan(plan))

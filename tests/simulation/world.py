@@ -414,6 +414,9 @@ def lean_loop() -> None:
 async def run_plan(plan: Plan) -> Report:
     """Plays `plan` against the real service in fast-forwarded time and checks it."""
     lean_loop()
+    # The service's retry and pacing jitter draws from the module-level generator: seeded,
+    # so that a replay of a seed makes the same requests in the same order.
+    random.seed(plan.seed)
     report = Report(plan)
     wall = time.perf_counter()
     with clock.use(LoopClock(EPOCH_MS)), _quiet_logs() as logs:

@@ -16,7 +16,13 @@ from ingestor.events import Event, Record, Stream
 from ingestor.pipeline import _known
 from ingestor.route import record_size
 from ingestor.state import encode_head
-from ingestor.stream import BUCKET_MS, COMPACT_CHUNKS, BackfillProgress, StreamState
+from ingestor.stream import (
+    BUCKET_MS,
+    COMPACT_CHUNKS,
+    BackfillProgress,
+    StreamState,
+    merge_ranges,
+)
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 P = Stream("v1", "acct_123")
@@ -263,6 +269,11 @@ def test_garbage_or_missing_chunks_raise_state_corrupt() -> None:
     bad_version["v"] = 99
     with pytest.raises(StateCorrupt):
         StreamState.restore({P.key.encode(): orjson.dumps(bad_version)})
+    bad_owed = orjson.loads(store[P.key.encode()])
+    for owed in ([[1, 2, 3]], [["1", 2]], 7):
+        bad_owed["owed"] = owed
+        with pytest.raises(StateCorrupt):
+            StreamState.restore({P.key.encode(): orjson.dumps(bad_owed)})
 
 
 def test_an_unchanged_runtime_snapshots_nothing() -> None:
@@ -311,3 +322,19 @@ def test_a_tail_read_skips_only_published_events_at_or_before_the_watermark() ->
     assert not _known(rt, "evt_other", old.created_ms)
     rt.advance_watermark(newer.created_ms)
     assert _known(rt, newer.id, newer.created_ms)
+
+
+def test_owed_ranges_merge_when_they_touch_and_stay_few_however_many_restarts() -> None:
+    """Owed restart ranges are kept sorted and disjoint; past the limit the two closest merge
+    into one that covers both (re-reading more is safe), so a crash loop cannot grow the head
+    record without bound and never drops a range."""
+    assert merge_ranges([(50, 60), (0, 10), (10, 20), (15, 30), (40, 40)], 8) == [
+        (0, 30),
+        (50, 60),
+    ]
+    ranges = [(i * 100, i * 100 + 10 + i) for i in range(20)]
+    merged = merge_ranges(ranges, 8)
+    assert len(merged) == 8
+    assert merged == sorted(merged)
+    for lo, hi in ranges:
+        assert any(a <= lo and hi <= b for a, b in merged)

@@ -14,6 +14,11 @@ from ingestor.tail import Tail
 NOW = 1_000_000_000
 
 
+def written(rt: StreamState) -> dict[bytes, bytes]:
+    """The records a snapshot of `rt` leaves in the state topic (its head and chunks)."""
+    return {k: v for k, v in rt.snapshot().items() if v is not None}
+
+
 def ev(i: int, created_ms: int) -> Event:
     return Event(f"evt_{i}", "charge.updated", "v1", None, created_ms, False, None, "ch", {})
 
@@ -139,9 +144,42 @@ async def test_a_sweep_starts_where_the_last_left_its_bound_however_long_it_took
     await t._finish_sweep(started)
     assert f.rt.sweep_lo_ms == NOW - 600_000
     f.now = NOW + 3_600_000  # the process was stopped for an hour
-    f.rt.advance_watermark(NOW + 3_600_000)
-    await t.sweep(hi_cap=NOW - 1_000 - 5_000)
-    assert f.windows[-1][0] == NOW - 600_000
+    owed = f.rt.owe_restart_sweep(5_000, 600_000)
+    f.rt.advance_watermark(NOW + 3_600_000)  # the restart's catch-up
+    await t.restart_sweep(owed)
+    assert f.windows[-1] == (NOW - 600_000, NOW - 1_000 - 5_000, 1)
+
+
+async def test_a_restart_sweep_cut_short_is_owed_to_the_next_restart() -> None:
+    """Seed 452: a process stopped while its restart sweep ran, after its catch-up had moved
+    the watermark hours on, left the next restart nothing to tell where that sweep began:
+    its sweep reached back only twice the window from the new watermark, and the late events
+    of the first stop were lost. The owed range is kept in the head until a restart sweep
+    finishes, and every later restart sweeps it too."""
+    f = Fake()
+    f.rt.advance_watermark(NOW - 1_000)
+    f.rt.set_read_through(NOW)
+    first = f.rt.owe_restart_sweep(5_000, 600_000)
+    assert first == [(NOW - 600_000, NOW - 6_000)]
+    # The catch-up read 2 hours of history, then the process stopped mid-sweep.
+    f.rt.advance_watermark(NOW + 7_200_000)
+    f.rt.set_read_through(NOW + 7_200_000)
+    # What the state topic holds; the next process restores from it.
+    f.rt = StreamState.restore(written(f.rt))[f.rt.stream]
+    assert f.rt.owed == first
+    f.now = NOW + 9_000_000
+    t = f.tail()
+    owed = f.rt.owe_restart_sweep(5_000, 600_000)
+    assert owed == [(NOW - 600_000, NOW - 6_000), (NOW + 7_195_000 - 1_200_000, NOW + 7_195_000)]
+    await t.restart_sweep(owed)
+    assert [w[:2] for w in f.windows] == owed
+    # Pruning keeps the owed ranges' ids until the sweep is done...
+    assert f.rt.prune_horizon(5_000, 600_000) < NOW - 600_000
+    await t._finish_sweep(f.now, restart=True)
+    # ...which settles them with the next sweep's bound, in the same head record.
+    assert f.rt.owed == []
+    assert f.rt.sweep_lo_ms == NOW + 7_200_000 - 600_000
+    assert StreamState.restore(written(f.rt))[f.rt.stream].owed == []
 
 
 async def test_while_a_sweep_runs_its_range_survives_pruning() -> None:
