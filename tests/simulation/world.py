@@ -480,6 +480,7 @@ async def run_plan(plan: Plan) -> Report:
                 task = start()
             faults_until = 0.0
             revoked_mono = 0.0
+            outage_end = 0.0
             for step in () if plan.cron_seconds else plan.steps:
                 await asyncio.sleep(max(0.0, step.at - (clock.monotonic() - t0)))
                 _sample_state(broker, loaded, report)
@@ -514,6 +515,7 @@ async def run_plan(plan: Plan) -> Report:
                     task = start()
                 elif step.kind == "outage":
                     report.outages += 1
+                    outage_end = max(outage_end, clock.monotonic() + step.seconds)
                     broker.outage(clock.monotonic() + step.seconds)
                 elif step.kind == "faults":
                     sim.set_faults(FAULT_MIX, rate_limit=FAULT_RATE_LIMIT)
@@ -542,9 +544,11 @@ async def run_plan(plan: Plan) -> Report:
             end = plan.hours * HOUR
             if revoked_ms and not plan.restored:
                 # Time for the running service to notice (a 403 or the deauthorization).
-                # (From the later of the revocation and the last start: a new process parks
-                # the account at its first read.)
-                end = max(end, max(revoked_mono, started) - t0 + PARK_NOTICE_S)
+                # (From the latest of the revocation, the last start, as a new process parks
+                # the account at its first read, and the end of a broker outage, during which
+                # the pipeline waits to restore its state and reads nothing: seed 557.)
+                notice_from = max(revoked_mono, started, outage_end)
+                end = max(end, notice_from - t0 + PARK_NOTICE_S)
             await asyncio.sleep(max(0.0, end - (clock.monotonic() - t0)))
             if revoked_ms and not plan.restored:
                 # The park is reported while the service runs (a /readyz detail per stream),
