@@ -180,7 +180,7 @@ class BackfillConfig:
     since: str = "30d"
     slice_seconds: int = 86400
     concurrency: int = 12
-    max_buffered_events: int = 100_000
+    max_buffered_events: int = 20_000
     tail_during_backfill: bool = False
 
 

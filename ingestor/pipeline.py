@@ -138,7 +138,7 @@ class Pipeline:
         self.once = once
         self.outcome = outcome
         self.router = Router(config.kafka.topic_prefix, firehose=config.kafka.firehose)
-        self.queue = CommitQueue(max_items=max(4 * config.tail.batch_max_events, 20_000))
+        self.queue = CommitQueue(max_items=4 * config.tail.batch_max_events)
         self.sweep_budget = client.budget.share(config.tail.sweep_budget_share)
         self.gap = GapAlarm(config.alarms.gap_threshold_seconds)
         self.runtimes: dict[Stream, StreamState] = {}
