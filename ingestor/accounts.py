@@ -225,8 +225,12 @@ class AccountDirectory:
     def _deauthorized(self, account: str, created_ms: int) -> None:
         known = self._accounts.get(account)
         auth = self._authorized_ms.get(account)
-        if auth is not None and auth > created_ms:
-            return  # authorized again since
+        if auth is not None and auth >= created_ms:
+            # Authorized again since, or in the same second (v1's `created` is in seconds,
+            # and the page lists the newer first): seed 827 parked an account revoked and
+            # restored within one second. If the revocation was the later one after all, its
+            # next read answers 403 and parks the stream then.
+            return
         if known is None or not known.listed:
             return
         if known.listed_ms - created_ms > LISTING_SETTLE_MS:

@@ -250,3 +250,25 @@ async def test_a_deauthorization_older_than_a_listing_showing_the_account_parks_
     recent = now - LISTING_SETTLE_MS // 2
     directory.observe([_connect_event(DEAUTHORIZED, acct, recent)])
     assert [c.left for c in changes] == [(Left(acct, f"{DEAUTHORIZED} at {recent // 1000}"),)]
+
+
+async def test_access_revoked_and_given_back_within_one_second_parks_nothing() -> None:
+    """Seed 827: revoked and restored within one second (v1's `created` is whole seconds), both
+    events on one page, newest first as Stripe lists them. The authorization is not older than
+    the deauthorization, so the account stays; before, the tie parked it and `--once` lost
+    its events. A deauthorization a second after the authorization still parks it."""
+    acct = "acct_1SimRevoked000000000"
+    client = _ListingClient([acct])
+    directory = AccountDirectory(client)  # type: ignore[arg-type]  # listing-only fake client
+    changes: list[Change] = []
+    directory.subscribe(changes.append)
+    await directory.scan()
+    changes.clear()
+    at = clock.wall_ms() // 1000 * 1000
+    directory.observe(
+        [_connect_event(AUTHORIZED, acct, at), _connect_event(DEAUTHORIZED, acct, at)]
+    )
+    assert changes == []
+    later = at + 1000
+    directory.observe([_connect_event(DEAUTHORIZED, acct, later)])
+    assert [c.left for c in changes] == [(Left(acct, f"{DEAUTHORIZED} at {later // 1000}"),)]
