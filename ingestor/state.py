@@ -66,7 +66,8 @@ class Head:
     sweep_lo_ms: int | None = None
     # [lo, hi) ranges a restart sweep owes, kept until one finishes: a process stopped while
     # its restart sweep ran leaves them here, and the next restart sweeps them too, however
-    # far its catch-up moved the watermark meanwhile (sorted, disjoint; see stream.owe()).
+    # far its catch-up moved the watermark meanwhile (sorted, disjoint; see
+    # StreamState.owe_restart_sweep).
     owed: list[tuple[int, int]] = field(default_factory=list)
 
 
