@@ -158,33 +158,34 @@ class Tail:
 
         `shared=False` lets it use the whole budget (nothing else is reading: `--once`).
         """
-        started = self._clock_ms()
-        lo, hi = self._rt.sweep_bounds(self._overlap_ms, self._window_ms)
-        new = await self._sweep_range(lo, hi, shared)
-        self.sweeps += 1
-        if new:
-            log.info("sweep found late events", new=new, window_s=round((hi - lo) / 1000, 1))
-        metrics.SWEEP_WINDOW.labels(stream=self._rt.stream.key).set(max(0, hi - lo) / 1000)
-        return new, started
+        bounds = self._rt.sweep_bounds(self._overlap_ms, self._window_ms)
+        return await self._sweep([bounds], shared, restart=False)
 
     async def restart_sweep(
         self, owed: Sequence[tuple[int, int]], *, shared: bool = True
     ) -> tuple[int, int]:
         """Sweeps every range a restart owes (`StreamState.owe_restart_sweep`), below where
         its catch-up begins; returns (new events, the wall time it started)."""
+        return await self._sweep(owed, shared, restart=True)
+
+    async def _sweep(
+        self, ranges: Sequence[tuple[int, int]], shared: bool, *, restart: bool
+    ) -> tuple[int, int]:
         started = self._clock_ms()
         new = 0
-        for lo, hi in owed:
+        for lo, hi in ranges:
             new += await self._sweep_range(lo, hi, shared)
         self.sweeps += 1
-        span = sum(hi - lo for lo, hi in owed)
-        if new:
+        span = sum(hi - lo for lo, hi in ranges)
+        if new and restart:
             log.info(
                 "restart sweep found late events",
                 new=new,
                 window_s=round(span / 1000, 1),
-                ranges=len(owed),
+                ranges=len(ranges),
             )
+        elif new:
+            log.info("sweep found late events", new=new, window_s=round(span / 1000, 1))
         metrics.SWEEP_WINDOW.labels(stream=self._rt.stream.key).set(max(0, span) / 1000)
         return new, started
 
