@@ -231,18 +231,24 @@ def _connect_event(type_name: str, account: str, created_ms: int) -> Event:
     )
 
 
-async def test_a_deauthorization_older_than_a_listing_showing_the_account_parks_nothing() -> None:
-    """Finding (seed 9): access revoked and given back while no process ran; the restarted
-    process lists the account, then its catch-up reads the old deauthorization. That event
-    is older than the listing, so nothing leaves; a deauthorization after the scan (within
-    the listing's settle margin) still parks the account at once."""
-    acct = "acct_1SimRevoked000000000"
+async def _listed_directory(acct: str) -> tuple[AccountDirectory, list[Change]]:
+    """A directory whose first scan listed `acct`, and the changes it publishes after it."""
     client = _ListingClient([acct])
     directory = AccountDirectory(client)  # type: ignore[arg-type]  # listing-only fake client
     changes: list[Change] = []
     directory.subscribe(changes.append)
     await directory.scan()
     changes.clear()
+    return directory, changes
+
+
+async def test_a_deauthorization_older_than_a_listing_showing_the_account_parks_nothing() -> None:
+    """Finding (seed 9): access revoked and given back while no process ran; the restarted
+    process lists the account, then its catch-up reads the old deauthorization. That event
+    is older than the listing, so nothing leaves; a deauthorization after the scan (within
+    the listing's settle margin) still parks the account at once."""
+    acct = "acct_1SimRevoked000000000"
+    directory, changes = await _listed_directory(acct)
     now = clock.wall_ms()
     directory.observe([_connect_event(DEAUTHORIZED, acct, now - 600_000)])
     directory.observe([_connect_event(AUTHORIZED, acct, now - 300_000)])
@@ -258,12 +264,7 @@ async def test_access_revoked_and_given_back_within_one_second_parks_nothing() -
     the deauthorization, so the account stays; before, the tie parked it and `--once` lost
     its events. A deauthorization a second after the authorization still parks it."""
     acct = "acct_1SimRevoked000000000"
-    client = _ListingClient([acct])
-    directory = AccountDirectory(client)  # type: ignore[arg-type]  # listing-only fake client
-    changes: list[Change] = []
-    directory.subscribe(changes.append)
-    await directory.scan()
-    changes.clear()
+    directory, changes = await _listed_directory(acct)
     at = clock.wall_ms() // 1000 * 1000
     directory.observe(
         [_connect_event(AUTHORIZED, acct, at), _connect_event(DEAUTHORIZED, acct, at)]
