@@ -15,6 +15,10 @@ from ingestor.clock import monotonic
 
 log = structlog.get_logger(__name__)
 
+# An idle-cursor split leaves each part at least this many pages: each part ends in a partial
+# page, one request more, which a few pages' worth of parallel round trips repays.
+MIN_IDLE_SPLIT_PAGES = 2
+
 
 class Timed(Protocol):
     """Anything with a created time: events, or events already turned into records."""
@@ -146,6 +150,13 @@ class Backfiller(Generic[T]):
     slice over a range of unknown density (a catch-up), whose first request tells that
     density, so a quiet range costs one request instead of one per slice, and a busy one fans
     out one round trip later.
+
+    Near the end nothing is pending and cursors fall idle while the last slices are each
+    walked one page per round trip. When `room()` says the rate budget has tokens to spare
+    (the walk is bound by latency, not by the rate), a slice with at least
+    `MIN_IDLE_SPLIT_PAGES` pages per part left is split over the idle cursors, so the tail
+    of a backfill keeps the rate busy. While the rate binds, `room()` is False and nothing
+    is split: an extra part would only cost a partial page, a request of the rate that binds.
     """
 
     def __init__(
@@ -159,6 +170,7 @@ class Backfiller(Generic[T]):
         split_after_pages: int = 8,
         page_size: int = 100,
         eager_split: bool = False,
+        room: Callable[[], bool] | None = None,
     ) -> None:
         self.plan = plan
         self._fetch = fetch
@@ -168,6 +180,7 @@ class Backfiller(Generic[T]):
         self._split_after = split_after_pages
         self._page_size = page_size
         self._first_split = 1 if eager_split else split_after_pages
+        self._room = room
         self._changed = asyncio.Event()
         self.stats = BackfillStats()
 
@@ -223,12 +236,11 @@ class Backfiller(Generic[T]):
                 pages += 1
                 self.stats.pages += 1
                 events.extend(page)
-                if (
-                    pages >= self._first_split
-                    and len(page) >= self._page_size
-                    and self._try_split(s, events)
+                if len(page) >= self._page_size and (
+                    (pages >= self._first_split and self._try_split(s, events))
+                    or self._try_idle_split(s, events)
                 ):
-                    # _try_split narrowed s to the part already read; drop the rest.
+                    # The split narrowed s to the part already read; drop the rest.
                     events = [e for e in events if e.created_ms >= s.lo_ms]
                     break
             events.reverse()  # oldest first within the slice
@@ -241,15 +253,11 @@ class Backfiller(Generic[T]):
             self._changed.set()
 
     def _try_split(self, s: Slice[T], events: Sequence[T]) -> bool:
-        oldest = min(e.created_ms for e in events)
-        # Everything from the granularity unit above the oldest one was read completely;
-        # the oldest unit may continue on the next page, so it goes to the remainder.
-        cut = _align_down(oldest, self.plan.granularity_ms) + self.plan.granularity_ms
-        if cut >= s.hi_ms or cut <= s.lo_ms:
-            return False  # all one dense unit of time: nothing to split, read it through
-        kept = sum(1 for e in events if e.created_ms >= cut)
-        density = kept / max(1, s.hi_ms - cut)
-        expected = density * (cut - s.lo_ms)
+        """Splits a slice proven dense: parts of about `split_after_pages` pages each."""
+        rest = self._unread(s, events)
+        if rest is None:
+            return False
+        cut, expected = rest
         target = self._split_after * self._page_size
         if expected < target:
             # Less than another run of pages is left: one cursor reads it in as many requests
@@ -260,3 +268,39 @@ class Backfiller(Generic[T]):
         self.plan.split(s, cut, parts)
         self.stats.splits += 1
         return True
+
+    def _try_idle_split(self, s: Slice[T], events: Sequence[T]) -> bool:
+        """Splits the rest of `s` over idle cursors while the rate has room (see the class)."""
+        if self._room is None or self.plan.next_pending() is not None:
+            return False
+        idle = self._concurrency - sum(1 for x in self.plan.slices if x.in_flight)
+        # Past the buffer bound only slices blocking emission may start (see run()); the
+        # parts of s are older than s, so they may start exactly when s itself blocks.
+        if idle <= 0 or (
+            self.plan.buffered_events() >= self._max_buffered and not self.plan.blocks_emission(s)
+        ):
+            return False
+        rest = self._unread(s, events)
+        if rest is None:
+            return False
+        cut, expected = rest
+        # s's own cursor is freed by the split, so idle + 1 cursors take the parts.
+        parts = min(idle + 1, int(expected // (MIN_IDLE_SPLIT_PAGES * self._page_size)))
+        if parts < 2 or not self._room():
+            return False
+        self.plan.split(s, cut, parts)
+        self.stats.splits += 1
+        return True
+
+    def _unread(self, s: Slice[T], events: Sequence[T]) -> tuple[int, float] | None:
+        """Where the unread rest of `s` ends (exclusive) and how many events it is expected to
+        hold, from the density of what was read; None when nothing can be cut off."""
+        oldest = min(e.created_ms for e in events)
+        # Everything from the granularity unit above the oldest one was read completely;
+        # the oldest unit may continue on the next page, so it goes to the remainder.
+        cut = _align_down(oldest, self.plan.granularity_ms) + self.plan.granularity_ms
+        if cut >= s.hi_ms or cut <= s.lo_ms:
+            return None  # all one dense unit of time: nothing to split, read it through
+        kept = sum(1 for e in events if e.created_ms >= cut)
+        density = kept / max(1, s.hi_ms - cut)
+        return cut, density * (cut - s.lo_ms)

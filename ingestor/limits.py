@@ -240,6 +240,11 @@ class Limits:
             self._slots.release()
             op.slots.release()
 
+    def has_room(self, op: Operation) -> bool:
+        """True when neither `op`'s rate nor the global rate binds right now (see
+        `RateBudget.has_room`): one more request in parallel would not wait for a token."""
+        return op.bucket.has_room() and self._global.has_room()
+
     def on_success(self, op: Operation) -> None:
         """A request went through: every limiter it used creeps back towards its limit."""
         self._global.on_success()

@@ -32,7 +32,7 @@ from ingestor.hydrate import Hydrator
 from ingestor.intake import DUPLICATE_VERDICTS, WebhookIntake, classify
 from ingestor.limits import Priority, fair_key
 from ingestor.log import TransactionalLog
-from ingestor.pages import Skip, v1_pages, v2_pages
+from ingestor.pages import V1_EVENTS, V2_EVENTS, Skip, v1_pages, v2_pages
 from ingestor.plan import lost_window, plan_backfill, retention_edge, retention_floor
 from ingestor.plan import read_through as plan_read_through
 from ingestor.progress import ProgressReporter
@@ -907,6 +907,8 @@ class Pipeline:
         if probe:
             width = max(g, hi - lo)
         plan = SlicePlan[Event].build(lo, hi, width, g)
+        limits = self.client.limits
+        list_op = limits.operation("GET", V1_EVENTS if p.api == "v1" else V2_EVENTS)
         requested: set[str] = set()  # topics whose creation a fetch already started
         # Per slice (its upper bound, which a split never moves): the hydrator's tick after
         # the last page listed, so after every event the slice holds was known.
@@ -966,6 +968,7 @@ class Pipeline:
             concurrency=self.cfg.backfill.concurrency,
             max_buffered_events=self.cfg.backfill.max_buffered_events,
             eager_split=probe,
+            room=lambda: limits.has_room(list_op),
         )
         try:
             async with asyncio.TaskGroup() as tg:

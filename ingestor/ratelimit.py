@@ -213,6 +213,14 @@ class RateBudget:
             self._vnext = {k: v for k, v in self._vnext.items() if v > self._vnow}
         return start
 
+    def has_room(self) -> bool:
+        """True when a request could take a token now without waiting: nobody is queued and
+        a whole token is saved up. A bucket that binds has neither."""
+        if not self._lock.idle():
+            return False
+        self._refill()
+        return self._tokens + EPSILON >= 1.0
+
     def on_rate_limited(self) -> None:
         """Stripe said 429: halve the rate (once per window) and drop any saved-up burst."""
         self._refill()

@@ -252,3 +252,53 @@ async def test_a_fetch_failing_while_an_emit_waits_loses_no_fetched_slice() -> N
     backpressure.set()
     await bf.run()
     assert emitted == ["e0", "e1", "e2"]
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("room", [True, False])
+async def test_idle_cursors_take_over_the_last_slices_only_while_the_rate_has_room(
+    room: bool,
+) -> None:
+    """Two slices of 20 pages and 8 cursors: while the rate budget has room, the rest of each
+    slice is split over the idle cursors after its first page, so the walk takes a fraction
+    of 20 round trips; while the rate binds (`room()` False), nothing is split and no
+    request is added. Either way every event is emitted once, oldest first."""
+    items = [Item(f"u{i}", (i // 2) * 1000) for i in range(400)]  # 2 events/s over 200 s
+    inner = fake_fetch(items, 10, [])
+    requests = 0
+
+    async def fetch(lo: int, hi: int) -> AsyncIterator[list[Item]]:
+        nonlocal requests
+        async for page in inner(lo, hi):
+            requests += 1
+            await asyncio.sleep(0.1)  # one round trip per page
+            yield page
+
+    emitted: list[Item] = []
+
+    async def emit(s: Slice[Item]) -> None:
+        emitted.extend(s.events or [])
+
+    bf = Backfiller(
+        SlicePlan[Item].build(0, 200_000, 100_000, 1000),
+        fetch,
+        emit,
+        concurrency=8,
+        max_buffered_events=10_000,
+        split_after_pages=100,  # never dense: only the idle-cursor rule may split
+        page_size=10,
+        room=lambda: room,
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await bf.run()
+    took = loop.time() - started
+    assert [i.id for i in emitted] == [i.id for i in sorted(items, key=lambda i: i.created_ms)]
+    if room:
+        assert bf.stats.splits >= 2
+        assert took < 0.6 * 2.0, took
+        assert requests <= 40 + 8 + 2  # at most a partial page more per part
+    else:
+        assert bf.stats.splits == 0
+        assert requests == 40
+        assert took >= 2.0

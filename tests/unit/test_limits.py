@@ -369,3 +369,18 @@ async def test_lock_timeout_past_the_retries_raises_a_lock_timeout_not_a_rate_li
     assert not isinstance(info.value, StripeRateLimited)
     assert info.value.code == "lock_timeout"
     assert len(stub.requests) == 4
+
+
+async def test_has_room_needs_a_token_of_the_operation_and_of_the_global_rate() -> None:
+    """Room for one more parallel request means neither its operation's rate nor the global
+    one binds: spending `/v1/events`'s burst takes its room, not another operation's."""
+    clock = ManualClock()
+    lim = limits(clock, rate=100.0, endpoint_rate=10.0)
+    events, charges = lim.operation("GET", "/v1/events"), lim.operation("GET", "/v1/charges")
+    assert lim.has_room(events)
+    async with lim.admit(events):  # the endpoint burst is one token (10/s / 10)
+        pass
+    assert not lim.has_room(events)
+    assert lim.has_room(charges)
+    await clock.advance(0.1)
+    assert lim.has_room(events)

@@ -163,3 +163,21 @@ async def test_cost_above_the_burst_is_taken_as_debt_instead_of_waiting_forever(
 def test_rate_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         RateBudget(0.0)
+
+
+async def test_has_room_only_while_a_token_is_saved_up_and_nobody_waits() -> None:
+    """A full bucket has room; spent, it has none until a token refills; a queued waiter
+    takes the room away even when the clock says a token is due."""
+    clock = FakeClock()
+    b = budget(10.0, clock, burst=2.0)
+    assert b.has_room()
+    await b.acquire()
+    await b.acquire()
+    assert not b.has_room()
+    clock.now += 0.1
+    assert b.has_room()
+    await b.acquire()
+    waiter = asyncio.create_task(b.acquire())
+    await asyncio.sleep(0)  # queued: it holds the lock while it sleeps for its token
+    assert not b.has_room()
+    await waiter
