@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +13,7 @@ import msgspec
 import structlog
 
 from ingestor import metrics
+from ingestor.anchors import Chain
 from ingestor.errors import MalformedResponse
 from ingestor.events import V1_LIST, V1_PAGE_HEADS, Api, Event, Stream, ms_to_rfc3339
 from ingestor.limits import Priority
@@ -19,6 +23,7 @@ from ingestor.stripe_api import StripeClient
 log = structlog.get_logger(__name__)
 
 V1_EVENTS = "/v1/events"
+V1_LIMIT = 100  # events per v1 list page: Stripe's maximum, what every walk asks for
 V2_EVENTS = "/v2/core/events"
 
 _warned: set[tuple[str, str]] = set()
@@ -207,12 +212,12 @@ async def v1_pages(
     created_gte: int | None = None,
     created_lt: int | None = None,
     types: Sequence[str] = (),
-    limit: int = 100,
+    limit: int = V1_LIMIT,
     starting_after: str | None = None,
     extra_budgets: Sequence[RateBudget] = (),
     priority: int = Priority.TAIL,
     skip: Skip | None = None,
-) -> AsyncIterator[Page]:
+) -> AsyncGenerator[Page, None]:
     """Walks `GET /v1/events` newest -> oldest with `starting_after` until `has_more` is false.
 
     `created_gte`/`created_lt` are unix seconds; one type is sent as `type`, several as
@@ -272,6 +277,87 @@ async def v1_pages(
             return
         followed.add(page.cursor)
         cursor = page.cursor
+
+
+@dataclass(frozen=True)
+class Second:
+    """One second listed by `v1_second`: its pages in list order (events not left out by
+    `skip`, each once) and the ids of every event it holds, skipped or not, in list order."""
+
+    pages: list[Page]
+    ids: list[str]
+
+
+async def v1_second(
+    client: StripeClient,
+    *,
+    account: str | None,
+    second: int,
+    walks: Sequence[Chain],
+    types: Sequence[str] = (),
+    limit: int = V1_LIMIT,
+    priority: int = Priority.TAIL,
+    skip: Skip | None = None,
+) -> Second:
+    """Lists the events of one second (unix seconds) with `walks` run concurrently (see
+    `anchors.chains`): each `v1_pages` from after its start id until a page holds its stop
+    id. Pages come back in list order, walk after walk, each event once (a walk that reads
+    past its stop repeats the next walk's first events; the first listing is kept). `skip`
+    leaves events out unbuilt as in `v1_pages`; their ids are still listed."""
+
+    async def walk(start: str | None, stop: str | None) -> tuple[list[Page], list[str]]:
+        pages: list[Page] = []
+        # Every in-range id the parser meets, in list order (built or skipped): a page parsed
+        # again after a malformed body repeats its ids, which the listing below drops.
+        met: list[str] = []
+
+        def note(event_id: str, created_ms: int) -> bool:
+            met.append(event_id)
+            return skip is not None and skip(event_id, created_ms)
+
+        async with contextlib.aclosing(
+            v1_pages(
+                client,
+                account=account,
+                created_gte=second,
+                created_lt=second + 1,
+                types=types,
+                limit=limit,
+                starting_after=start,
+                priority=priority,
+                skip=note,
+            )
+        ) as walking:
+            mark = 0
+            async for page in walking:
+                pages.append(page)
+                found = stop is not None and stop in met[mark:]
+                mark = len(met)
+                if found:
+                    break
+        return pages, met
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(walk(start, stop)) for start, stop in walks]
+    except BaseExceptionGroup as group:
+        # Raised as one walk would raise it (the others were cancelled by it), so callers
+        # tell retriable errors from permanent ones as they do for any walk.
+        raise group.exceptions[0]  # noqa: B904 (a "from" would replace its own cause)
+    built: set[str] = set()
+    listed: set[str] = set()
+    out = Second([], [])
+    for task in tasks:
+        pages, met = task.result()
+        for page in pages:
+            events = [e for e in page.events if e.id not in built]
+            built.update(e.id for e in events)
+            out.pages.append(dataclasses.replace(page, events=events))
+        for event_id in met:
+            if event_id not in listed:
+                listed.add(event_id)
+                out.ids.append(event_id)
+    return out
 
 
 async def v2_pages(

@@ -15,6 +15,7 @@ import structlog
 
 from ingestor import clock, metrics, retry
 from ingestor.accounts import GONE, AccountDirectory, Change, feed, streams_of
+from ingestor.anchors import Anchors, chains
 from ingestor.backfill import Backfiller, BackfillStats, Slice, SlicePlan, Timed
 from ingestor.committer import Batch, CommitQueue, Committer, Routed
 from ingestor.config import Config, KafkaConfig, Loaded, WebhookConfig
@@ -32,7 +33,16 @@ from ingestor.hydrate import Hydrator
 from ingestor.intake import DUPLICATE_VERDICTS, WebhookIntake, classify
 from ingestor.limits import Priority, fair_key
 from ingestor.log import TransactionalLog
-from ingestor.pages import V1_EVENTS, V2_EVENTS, Skip, v1_pages, v2_pages
+from ingestor.pages import (
+    V1_EVENTS,
+    V1_LIMIT,
+    V2_EVENTS,
+    Page,
+    Skip,
+    v1_pages,
+    v1_second,
+    v2_pages,
+)
 from ingestor.plan import lost_window, plan_backfill, retention_edge, retention_floor
 from ingestor.plan import read_through as plan_read_through
 from ingestor.progress import ProgressReporter
@@ -159,6 +169,8 @@ class Pipeline:
         self._ran_before = False  # the state topic held streams at the restore
         self._intake_tg: asyncio.TaskGroup | None = None
         self._api_counts: dict[str, int] = {}
+        # Per v1 stream: what busy polls last listed of each recent second (see `_read_slice`).
+        self._anchors: dict[Stream, Anchors] = {}
         self._readers: dict[Stream, asyncio.Task[None]] = {}
         self._retry: dict[Stream, asyncio.Event] = {}
         # Streams started at their connection time mid-run: they are never backfilled.
@@ -506,11 +518,17 @@ class Pipeline:
                 metrics.DUPLICATES_SKIPPED.labels(source=rt.stream.api).inc(skipped)
             await self._enqueue(rt, items, "tail", items, newest)
 
+        busy: _Busy | None = None
+        if min_gap_ms < CATCH_UP_MIN_GAP_MS and rt.stream.api == "v1":
+            busy = _Busy(
+                self._anchors.setdefault(rt.stream, Anchors()), functools.partial(_known, rt)
+            )
+            busy.anchors.prune(lo)
         with rt.reading(lo):
             # A catch-up's density is unknown (often a quiet stretch after a backfill); a busy
             # poll's is known to be high and its latency counts, so it fans out at once.
             probe = min_gap_ms >= CATCH_UP_MIN_GAP_MS
-            stats = await self._read_sliced(rt, lo, hi, "tail", emit, probe=probe)
+            stats = await self._read_sliced(rt, lo, hi, "tail", emit, probe=probe, busy=busy)
         rt.set_read_through(through)
         self._unpark(rt)
         (log.info if min_gap_ms >= CATCH_UP_MIN_GAP_MS else log.debug)(
@@ -618,6 +636,7 @@ class Pipeline:
         """Pages of the window; `skip` leaves out (and counts as duplicates) v1 events the
         caller already has, unbuilt (see `_known`)."""
         types = self.cfg.stripe.types
+        pages: AsyncIterator[Page]
         if p.api == "v1":
             pages = v1_pages(
                 self.client,
@@ -643,6 +662,39 @@ class Pipeline:
             if page.skipped:
                 metrics.DUPLICATES_SKIPPED.labels(source=p.api).inc(page.skipped)
             yield page.events
+
+    async def _read_slice(
+        self, p: Stream, lo_ms: int, hi_ms: int, priority: Priority, busy: _Busy | None
+    ) -> AsyncIterator[list[Event]]:
+        """Pages of one slice of a sliced read, in list order. For a busy v1 poll (`busy`),
+        a slice of one second is read by parallel walks from what the last poll listed of
+        it (`anchors.chains`) instead of one page per round trip, events it has published
+        are left out unbuilt (`_known`, as in a sequential poll), and what it lists is kept
+        for the next poll."""
+        if busy is None or hi_ms - lo_ms != 1000 or lo_ms % 1000:
+            async for page in self._read_window(p, lo_ms, hi_ms, (), priority):
+                yield page
+            return
+        started = now_ms()
+        listing = busy.anchors.get(lo_ms)
+        walks = chains(listing, V1_LIMIT) if listing is not None else [(None, None)]
+        second = await v1_second(
+            self.client,
+            account=p.account,
+            second=lo_ms // 1000,
+            walks=walks,
+            types=self.cfg.stripe.types,
+            limit=V1_LIMIT,
+            priority=priority,
+            skip=busy.known,
+        )
+        skipped = sum(page.skipped for page in second.pages)
+        if skipped:
+            metrics.DUPLICATES_SKIPPED.labels(source=p.api).inc(skipped)
+        # Complete once read after its second ended: then only late events can join it.
+        busy.anchors.put(lo_ms, second.ids, complete=started >= hi_ms)
+        for listed in second.pages:
+            yield listed.events
 
     # --- turning events into batches --------------------------------------------------------
 
@@ -884,6 +936,7 @@ class Pipeline:
         *,
         report: bool = False,
         probe: bool = False,
+        busy: _Busy | None = None,
     ) -> BackfillStats:
         """Reads [lo, hi) in concurrent slices and hands them to `emit` oldest first; `probe`
         starts with one slice that splits by the density its first page shows (a catch-up
@@ -919,7 +972,7 @@ class Pipeline:
             # not get it published twice (the backfill keeps no seen window).
             walked: set[str] = set()
             priority = Priority.BACKFILL if mode == "backfill" else Priority.TAIL
-            async for page in self._read_window(p, lo, hi, (), priority):
+            async for page in self._read_slice(p, lo, hi, priority, busy):
                 listed[hi] = self.hydrator.stamp()
                 self.readiness.mark_poll_ok()
                 if self.directory is not None and mode == "tail":
@@ -1024,6 +1077,14 @@ class Pipeline:
             splits=s.splits,
             seconds=round(clock.monotonic() - s.started, 1),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Busy:
+    """What a busy v1 poll's sliced read knows: the stream's anchors and its `_known`."""
+
+    anchors: Anchors
+    known: Skip
 
 
 def _known(rt: StreamState, event_id: str, created_ms: int) -> bool:

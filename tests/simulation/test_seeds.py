@@ -236,3 +236,21 @@ async def test_accounts_connected_mid_run_through_crashes_are_read_from_their_co
     assert report.ok, report.failure()
     assert report.connects == 2
     assert report.joined_events > 100
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.looptime(noop_cycles=NOOP_CYCLES)
+async def test_a_busy_tail_read_by_anchored_walks_keeps_every_invariant() -> None:
+    """At 200 events/s every poll is busy (a dozen pages): each second of its overlap is
+    re-read by parallel walks from the ids the last poll listed (`anchors.chains`), through
+    same-second runs on one object, a burst, late events and a crash: still exactly once, in
+    Stripe's order, bounded."""
+    steps = (
+        Step(120.0, "same_second", count=6),
+        Step(160.0, "crash"),
+        Step(200.0, "same_second", count=8),
+        Step(230.0, "burst", count=400),
+    )
+    report = await run_plan(quiet(113, 0.08, 200.0, steps=steps))
+    assert report.ok, report.failure()
+    assert report.events > 150_000
