@@ -100,12 +100,6 @@ class OneSecond:
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[StripeStub]:
-    async with StripeStub() as s:
-        yield s
-
-
-@pytest.fixture
 async def client(stub: StripeStub) -> AsyncIterator[StripeClient]:
     cfg = StripeConfig(api_key=Secret("sk_test_anchors"), api_base=stub.base, max_retries=1)
     async with StripeClient(cfg, budget=RateBudget(1000.0)) as c:

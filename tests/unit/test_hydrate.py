@@ -6,7 +6,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -345,12 +345,6 @@ def _stripe_config(base: str) -> StripeConfig:
     return StripeConfig(
         api_key=Secret("sk_test_hydrate"), api_base=base, backoff_base=0.001, backoff_max=0.01
     )
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[StripeStub]:
-    async with StripeStub() as s:
-        yield s
 
 
 async def test_should_retry_header_reaches_the_hydrator_through_the_real_client(

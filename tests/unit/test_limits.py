@@ -182,12 +182,6 @@ async def _no_sleep(seconds: float) -> None:
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[StripeStub]:
-    async with StripeStub() as s:
-        yield s
-
-
-@pytest.fixture
 async def client(stub: StripeStub) -> AsyncIterator[StripeClient]:
     async with StripeClient(_config(stub.base), sleep=_no_sleep) as c:
         yield c

@@ -66,12 +66,6 @@ class V1Events:
         return Reply(json={"object": "list", "url": "/v1/events", "data": chunk, "has_more": more})
 
 
-@pytest.fixture
-async def stub() -> AsyncIterator[StripeStub]:
-    async with StripeStub() as s:
-        yield s
-
-
 async def no_sleep(seconds: float) -> None:
     await asyncio.sleep(0)
 

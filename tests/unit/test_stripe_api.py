@@ -59,12 +59,6 @@ def config(base: str, **kw: Any) -> StripeConfig:
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[StripeStub]:
-    async with StripeStub() as s:
-        yield s
-
-
-@pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
 
