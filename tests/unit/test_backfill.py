@@ -7,6 +7,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -101,6 +102,22 @@ async def run_backfill(
     return emitted, calls, peak, bf
 
 
+def collecting(
+    plan: SlicePlan[Item],
+    fetch: Callable[[int, int], AsyncIterator[list[Item]]],
+    **options: Any,
+) -> tuple[Backfiller[Item], list[Item]]:
+    """A Backfiller over `plan` and `fetch` (room for 10,000 buffered events unless given)
+    whose emitted events collect, in emission order, in the returned list."""
+    emitted: list[Item] = []
+
+    async def emit(s: Slice[Item]) -> None:
+        emitted.extend(s.events or [])
+
+    options.setdefault("max_buffered_events", 10_000)
+    return Backfiller(plan, fetch, emit, **options), emitted
+
+
 async def test_every_event_is_emitted_once_oldest_first_through_dense_splits() -> None:
     items = history(1, 3000, 3600_000, bursts=[(600, 250), (1800, 40), (3599, 120)])
     emitted, _, _, bf = await run_backfill(
@@ -190,17 +207,10 @@ async def test_an_eager_probe_fans_a_dense_range_out_after_its_first_page(
             pages[walk] += 1
             yield page
 
-    emitted: list[Item] = []
-
-    async def emit(s: Slice[Item]) -> None:
-        emitted.extend(s.events or [])
-
-    bf = Backfiller(
+    bf, emitted = collecting(
         SlicePlan[Item].build(0, 3600_000, 10_000_000, 1000),
         fetch,
-        emit,
         concurrency=6,
-        max_buffered_events=10_000,
         split_after_pages=2,
         page_size=20,
         eager_split=eager,
@@ -274,17 +284,10 @@ async def test_idle_cursors_take_over_the_last_slices_only_while_the_rate_has_ro
             await asyncio.sleep(0.1)  # one round trip per page
             yield page
 
-    emitted: list[Item] = []
-
-    async def emit(s: Slice[Item]) -> None:
-        emitted.extend(s.events or [])
-
-    bf = Backfiller(
+    bf, emitted = collecting(
         SlicePlan[Item].build(0, 200_000, 100_000, 1000),
         fetch,
-        emit,
         concurrency=8,
-        max_buffered_events=10_000,
         split_after_pages=100,  # never dense: only the idle-cursor rule may split
         page_size=10,
         room=lambda: room,
