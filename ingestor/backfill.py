@@ -116,6 +116,10 @@ class SlicePlan(Generic[T]):
     def finished(self) -> bool:
         return not self.slices
 
+    def in_flight(self) -> int:
+        """How many slices are being fetched."""
+        return sum(1 for s in self.slices if s.in_flight)
+
     def buffered_events(self) -> int:
         return sum(len(s.events) for s in self.slices if s.events is not None)
 
@@ -210,7 +214,7 @@ class Backfiller(Generic[T]):
                     self.stats.slices_done += 1
                 if self.plan.finished:
                     break
-                in_flight = sum(1 for s in self.plan.slices if s.in_flight)
+                in_flight = self.plan.in_flight()
                 while in_flight < self._concurrency:
                     nxt = self.plan.next_pending()
                     if nxt is None:
@@ -273,7 +277,7 @@ class Backfiller(Generic[T]):
         """Splits the rest of `s` over idle cursors while the rate has room (see the class)."""
         if self._room is None or self.plan.next_pending() is not None:
             return False
-        idle = self._concurrency - sum(1 for x in self.plan.slices if x.in_flight)
+        idle = self._concurrency - self.plan.in_flight()
         # Past the buffer bound only slices blocking emission may start (see run()); the
         # parts of s are older than s, so they may start exactly when s itself blocks.
         if idle <= 0 or (
