@@ -79,7 +79,7 @@ class TopicAdmin:
         if self._defaults is None and BROKER_DEFAULT in (c.topic_partitions, c.topic_replication):
             self._defaults = await broker_topic_defaults(admin)
             log.info(
-                "sink.broker_topic_defaults",
+                "broker topic defaults read",
                 num_partitions=self._defaults[0],
                 replication_factor=self._defaults[1],
             )
@@ -89,7 +89,7 @@ class TopicAdmin:
             name, code = entry[0], entry[1]
             message = entry[2] if len(entry) > 2 else None
             if code == 0:
-                log.info("sink.topic_created", topic=name)
+                log.info("topic created", topic=name)
                 created.append(name)
                 continue
             error = for_code(code)

@@ -128,7 +128,7 @@ class KafkaLog(AsyncResource):
             if producer is not None:
                 await _stop_producer(producer, graceful=True)
             await self._admin.close()
-        log.debug("sink.closed", transactional_id=self.transactional_id)
+        log.debug("kafka log closed", transactional_id=self.transactional_id)
 
     # --- topics ---------------------------------------------------------------------------
 
@@ -209,7 +209,7 @@ class KafkaLog(AsyncResource):
                 raise self._convert(exc, "restoring state") from exc
             self._healthy = True
             log.info(
-                "sink.state_restored",
+                "state partition restored",
                 topic=state_topic,
                 partition=self._config.shard,
                 keys=len(state),
@@ -249,7 +249,7 @@ class KafkaLog(AsyncResource):
                     batch[index] = self._dead_letter(batch[index], detail)
                 diverted += len(culprits)
                 log.warning(
-                    "sink.batch_retry_after_too_large",
+                    "batch retried without the records the broker refused as too large",
                     transactional_id=self.transactional_id,
                     diverted=len(culprits),
                 )
@@ -415,11 +415,11 @@ class KafkaLog(AsyncResource):
                 async with asyncio.timeout(CLEANUP_SECONDS):
                     await producer.abort_transaction()
             except Exception as abort_exc:
-                log.warning("sink.abort_failed", error=repr(abort_exc))
+                log.warning("transaction abort failed", error=repr(abort_exc))
         if self._exactly_once:
             TRANSACTIONS.labels(outcome="aborted").inc()
         log.warning(
-            "sink.attempt_failed",
+            "commit attempt failed",
             transactional_id=self.transactional_id,
             error=repr(exc)[:300],
             aborted=abort,
@@ -469,7 +469,7 @@ class KafkaLog(AsyncResource):
             raise self._convert(exc, "starting the producer") from exc
         self._producer = producer
         log.info(
-            "sink.producer_started",
+            "producer started",
             bootstrap=c.bootstrap_servers,
             transactional_id=self.transactional_id,
             delivery=c.delivery,
@@ -481,7 +481,7 @@ class KafkaLog(AsyncResource):
             return exc
         if caused_by(exc, FENCED):
             self._fenced = True
-            log.error("sink.fenced", transactional_id=self.transactional_id)
+            log.error("producer fenced", transactional_id=self.transactional_id)
             return Fenced(
                 f"transactional id {self.transactional_id!r} was taken over by another producer"
             )
@@ -502,7 +502,7 @@ class KafkaLog(AsyncResource):
 
 def _log_dead_letter(record: Record, detail: str) -> None:
     log.warning(
-        "sink.dead_letter",
+        "record sent to DLQ",
         event_id=record.event_id,
         event_type=next(
             (v.decode("utf-8", "replace") for k, v in record.headers if k == "event_type"), None
@@ -528,7 +528,7 @@ async def _stop_producer(producer: AIOKafkaProducer, *, graceful: bool) -> None:
         async with asyncio.timeout(CLEANUP_SECONDS if graceful else DISCARD_SECONDS):
             await producer.stop()
     except TimeoutError:
-        log.debug("sink.producer_stop_timeout", graceful=graceful)
+        log.debug("producer did not stop in time", graceful=graceful)
         await producer.client.close()
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -140,3 +142,39 @@ def test_bad_level_or_format_is_refused() -> None:
         logs.configure_logging("loud", "json", io.StringIO())
     with pytest.raises(ValueError, match="format"):
         logs.configure_logging("info", "xml", io.StringIO())
+
+
+_LEVELS = frozenset({"debug", "info", "warning", "error", "exception", "critical"})
+# A phrase that starts in lower case; an identifier ("sink.topic_created") is not one.
+_EVENT_NAME = re.compile(r"^(--)?[a-z]")
+_IDENTIFIER = re.compile(r"[\w.]*[._][\w.]*")
+
+
+def _log_event_names() -> dict[str, str]:
+    """Every literal event name passed to a logger method in ingestor/, with its place."""
+    root = Path(logs.__file__).parent
+    names: dict[str, str] = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            first, func = node.args[0], node.func
+            by_name = isinstance(func, ast.Attribute) and func.attr in _LEVELS
+            # (log.info if busy else log.debug)("name", ...): the level chosen at run time.
+            by_choice = isinstance(func, ast.IfExp)
+            name = first.value if isinstance(first, ast.Constant) else None
+            if (by_name or by_choice) and isinstance(name, str):
+                names[name] = f"{path.relative_to(root)}:{node.lineno}"
+    return names
+
+
+def test_log_event_names_share_one_style() -> None:
+    """Every event name is a short phrase in words, not an identifier: one style to grep."""
+    names = _log_event_names()
+    assert len(names) > 40  # the scan found the calls (a broken scan would pass vacuously)
+    odd = {
+        name: where
+        for name, where in names.items()
+        if not _EVENT_NAME.match(name) or _IDENTIFIER.fullmatch(name)
+    }
+    assert odd == {}
