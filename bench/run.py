@@ -180,6 +180,48 @@ class IngestorRun:
         return self.limited / max(1, self.requests)
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (user, nice, system, idle, iowait, irq, softirq,
+    steal), from /proc/stat; None where there is none (not Linux)."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    return [int(x) for x in fields[1:9]] if fields[:1] == [b"cpu"] else None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of CPU time the hypervisor gave to other guests between two `cpu_times`:
+    figures measured on a machine losing half its CPU this way are not those of an idle one."""
+    if before is None or after is None:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return spent[7] / sum(spent) if sum(spent) > 0 else None
+
+
+def memory_free_mb() -> float | None:
+    """MemFree from /proc/meminfo in MB (None where there is none): the broker's first writes
+    into new partitions cost seconds more when free memory must first be reclaimed from the
+    page cache."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+    except OSError:
+        return None
+    return int(info["MemFree"].split()[0]) / 1024
+
+
+def machine_line(steal: float | None, free_mb: float | None) -> str:
+    """The conditions line on the machine itself, for every table."""
+    parts = [f"{os.cpu_count()} CPUs", "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())]
+    if steal is not None:
+        parts.append(f"CPU steal {steal:.0%} of CPU time during the run")
+    if free_mb is not None:
+        parts.append(f"{free_mb / 1024:.1f} GB of memory free (not cache) at the start")
+    return "Machine: " + ", ".join(parts) + "."
+
+
 def _peak_rss_mb(pid: int) -> float | None:
     """VmHWM: the kernel's own peak RSS of the process so far (no sample can miss a spike)."""
     try:
@@ -772,6 +814,8 @@ async def bench(args: argparse.Namespace) -> str:
         raise SystemExit(f"bench: unknown stages {sorted(unknown)}; known: {STAGES}")
     lines: list[str] = []
     figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    times_before, free_mb = cpu_times(), memory_free_mb()
+    figures["memory_free_mb"] = free_mb
     async with aiohttp.ClientSession() as session:
         limit_runs: LimitRuns | None = None
         if "limits" in which:
@@ -783,11 +827,14 @@ async def bench(args: argparse.Namespace) -> str:
             lines += [*target_rows, ""]
         figures.update(targets_json(targets))
         figures["load_average_after"] = os.getloadavg()
+        steal = steal_share(times_before, cpu_times())
+        figures["cpu_steal_share"] = steal
+        machine = machine_line(steal, free_mb)
         (RESULTS / "latest.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
         if not limits_chart(limit_runs, targets, RESULTS / "limits.png"):
             print("bench: no matplotlib (pip install -e '.[bench]'): no chart", flush=True)
         if "throughput" not in which:
-            return "\n".join(lines)
+            return "\n".join([*lines, machine, ""])
         scenario = throughput_scenario(args.events)
         print(f"bench: simulator with {args.events:,} events of history ...", flush=True)
         sim = await start_sim(scenario, 7, session)
@@ -856,6 +903,9 @@ async def bench(args: argparse.Namespace) -> str:
         f"{args.events:,} v1 events over 7 days with same-second bursts; ingestor budget "
         f"{RATE_LIMIT:g} req/s, real Kafka broker on {args.bootstrap}, exactly once; "
         f"{os.cpu_count()} CPUs shared by simulator, ingestor and broker.",
+        "",
+        # Again at the end: the throughput and tail runs count too.
+        machine_line(steal_share(times_before, cpu_times()), free_mb),
     ]
     return "\n".join(lines) + "\n"
 
