@@ -40,21 +40,18 @@ class Stream:
 
 def ms_to_rfc3339(ms: int) -> str:
     """Unix milliseconds -> RFC 3339 with milliseconds, as Stripe's v2 API writes it."""
-    # Called for every event's header: events come in runs of the same second (a page spans
-    # a few), so the second's text is cached and only the milliseconds are looked up.
+    # Called for every event's header. A backfill's events are mostly a second apart or more,
+    # so a cache of whole seconds missed on nearly every call (3 us each); tables of the
+    # time's parts make every call a few lookups (0.5 us), and only the date is cached.
     seconds, millis = divmod(ms, 1000)
-    return _second(seconds) + _MILLIS[millis]
-
-
-_MILLIS = [f".{m:03d}Z" for m in range(1000)]
-
-
-@functools.lru_cache(maxsize=4096)
-def _second(seconds: int) -> str:
     day, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    return f"{_date(day)}T{hours:02d}:{minutes:02d}:{secs:02d}"
+    return _date(day) + _HOUR_MINUTE[minutes] + _SECOND[secs] + _MILLIS[millis]
+
+
+_HOUR_MINUTE = [f"T{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
+_SECOND = [f"{s:02d}" for s in range(60)]
+_MILLIS = [f".{m:03d}Z" for m in range(1000)]
 
 
 @functools.lru_cache(maxsize=1024)
