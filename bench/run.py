@@ -827,14 +827,14 @@ async def bench(args: argparse.Namespace) -> str:
             lines += [*target_rows, ""]
         figures.update(targets_json(targets))
         figures["load_average_after"] = os.getloadavg()
+        # Over the stages latest.json holds (the throughput stage below is not in it).
         steal = steal_share(times_before, cpu_times())
         figures["cpu_steal_share"] = steal
-        machine = machine_line(steal, free_mb)
         (RESULTS / "latest.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
         if not limits_chart(limit_runs, targets, RESULTS / "limits.png"):
             print("bench: no matplotlib (pip install -e '.[bench]'): no chart", flush=True)
         if "throughput" not in which:
-            return "\n".join([*lines, machine, ""])
+            return "\n".join([*lines, machine_line(steal, free_mb), ""])
         scenario = throughput_scenario(args.events)
         print(f"bench: simulator with {args.events:,} events of history ...", flush=True)
         sim = await start_sim(scenario, 7, session)
