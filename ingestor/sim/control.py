@@ -107,6 +107,10 @@ async def truth(request: web.Request) -> web.Response:
     return web.Response(body=request.app[SIM].truth_bytes(), content_type="application/json")
 
 
+async def warm(request: web.Request) -> web.Response:
+    return _json({"rendered": request.app[SIM].warm()})
+
+
 async def counters(request: web.Request) -> web.Response:
     return _json(request.app[SIM].counters())
 
@@ -167,6 +171,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/_sim/config", get_config)
     r.add_get("/_sim/truth", truth)
     r.add_get("/_sim/counters", counters)
+    r.add_post("/_sim/warm", warm)
     r.add_post("/_sim/counters/reset", reset_counters)
     r.add_get("/_sim/webhooks", webhooks)
     r.add_post("/_sim/webhooks", add_webhook)

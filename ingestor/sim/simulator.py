@@ -399,6 +399,11 @@ class Simulator:
         rows: list[dict[str, Any]] = orjson.loads(self.truth_bytes())["events"]
         return rows
 
+    def warm(self) -> int:
+        """Renders every event made so far into the render cache (see Views.warm)."""
+        self.tick()
+        return self.views.warm()
+
     def truth_bytes(self) -> bytes:
         self.tick()
         return self.views.truth_bytes()

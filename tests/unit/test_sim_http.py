@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 import pytest
 
 from ingestor.sim import SimServer, load_scenario
@@ -197,6 +199,29 @@ async def test_control_surface_adds_events_and_reports_truth_and_counters(
         assert r.status == 200
     async with http.get(server.url + "/_sim/counters") as r:
         assert await r.json() == {}
+
+
+async def test_warm_renders_every_event_and_changes_no_answer(
+    http: aiohttp.ClientSession,
+) -> None:
+    """POST /_sim/warm renders every stored event into the cache before any request, and the
+    pages it then serves are byte for byte those a cold simulator of the same plan serves."""
+    scenario = dataclasses.replace(
+        load_scenario(None), history_events=200, history_bursts=0, start_time=time.time() // 1
+    )
+    pages = []
+    for warm in (False, True):
+        async with SimServer(scenario, seed=3) as srv:
+            assert srv.sim.views.cache == {}
+            if warm:
+                async with http.post(srv.url + "/_sim/warm") as r:
+                    rendered = (await r.json())["rendered"]
+                assert rendered == len(srv.sim.events) >= 200
+                assert len(srv.sim.views.cache) == rendered
+            async with http.get(srv.url + "/v1/events?limit=100") as r:
+                pages.append(await r.read())
+    assert pages[0] == pages[1]
+    assert len(orjson.loads(pages[0])["data"]) == 100
 
 
 async def test_objects_get_newer_versions_and_deleted_ones_404(
