@@ -413,6 +413,32 @@ async def end_offsets(bootstrap: str, prefix: str) -> dict[TopicPartition, int]:
         await consumer.stop()
 
 
+# Every topic a benchmark makes: bench<kind><8 hex> itself or under it as a prefix.
+BENCH_TOPIC = re.compile(r"bench[a-z_]*[0-9a-f]{8}(\.|$)")
+
+
+async def drop_bench_topics(bootstrap: str) -> int:
+    """Deletes every topic an earlier stage or run of the benchmark made; returns how many.
+
+    Each run makes its topics under a prefix of its own (26 topics of 6 partitions for a
+    backfill), and a broker left holding thousands of their partitions stalls for seconds now
+    and then, which the next stage measures instead of the ingestor. Run before each stage.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if BENCH_TOPIC.match(t)]
+        for at in range(0, len(names), 100):
+            await admin.delete_topics(names[at : at + 100])
+        for _ in range(300):
+            if not any(BENCH_TOPIC.match(t) for t in await admin.list_topics()):
+                return len(names)
+            await asyncio.sleep(0.1)
+        raise RuntimeError("bench: its topics were not deleted within 30 s")
+    finally:
+        await admin.close()
+
+
 async def forget_state(bootstrap: str, prefix: str) -> None:
     """Deletes the prefix's state topic, so the next run backfills again into the event
     topics that exist (as a new account's backfill does); returns once it is gone."""
@@ -828,6 +854,7 @@ async def bench(args: argparse.Namespace) -> str:
     async with aiohttp.ClientSession() as session:
         limit_runs: LimitRuns | None = None
         if "limits" in which:
+            await drop_bench_topics(args.bootstrap)
             limit_runs = await measure_limits(session, args)
             lines += [*limits_lines(limit_runs), ""]
             figures.update(limits_json(limit_runs))
@@ -844,6 +871,7 @@ async def bench(args: argparse.Namespace) -> str:
             print("bench: no matplotlib (pip install -e '.[bench]'): no chart", flush=True)
         if "throughput" not in which:
             return "\n".join([*lines, machine_line(steal, free_mb), ""])
+        await drop_bench_topics(args.bootstrap)
         scenario = throughput_scenario(args.events)
         print(f"bench: simulator with {args.events:,} events of history ...", flush=True)
         sim = await start_sim(scenario, 7, session)
@@ -866,6 +894,7 @@ async def bench(args: argparse.Namespace) -> str:
                 f"not exactly once: {run.events} records, {run.unique} distinct, {truth} in truth"
             )
         print(f"bench: live tail at {args.tail_rate:g} events/s ...", flush=True)
+        await drop_bench_topics(args.bootstrap)
         sim = await start_sim(tail_scenario(), 5, session)
         try:
             tail = await measure_tail(

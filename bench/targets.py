@@ -34,6 +34,7 @@ from bench.run import (
     IngestorRun,
     Sim,
     _free_port,
+    drop_bench_topics,
     ingestor_env,
     run_ingestor,
     spawn_ingestor,
@@ -359,15 +360,21 @@ async def measure_targets(
     session: aiohttp.ClientSession, args: argparse.Namespace, which: set[str]
 ) -> Targets:
     t = Targets()
+    # Each stage starts on a broker holding none of the earlier stages' topics.
     if "cpu" in which:
+        await drop_bench_topics(args.bootstrap)
         t.cpu = await measure_cpu(session, args.bootstrap, CPU_EVENTS)
     if "hydration" in which:
+        await drop_bench_topics(args.bootstrap)
         t.hydration = await measure_hydration(session, args.bootstrap)
     if "tail" in which:
+        await drop_bench_topics(args.bootstrap)
         t.tail = await measure_tail(session, args.bootstrap)
     if "rss" in which:
+        await drop_bench_topics(args.bootstrap)
         t.rss[RSS_SMALL_EVENTS] = await measure_rss(session, args.bootstrap, RSS_SMALL_EVENTS)
         if not args.skip_rss:
+            await drop_bench_topics(args.bootstrap)
             big = await measure_rss(session, args.bootstrap, None)
             t.rss[big.events] = big
     return t
