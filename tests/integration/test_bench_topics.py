@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import anyio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.run import BENCH_TOPIC, drop_bench_topics
@@ -34,6 +35,12 @@ async def test_drop_bench_topics_deletes_the_benchmarks_topics_only(
     await admin.start()
     try:
         await admin.create_topics([NewTopic(n, 1, 1) for n in [*ours, keep]])
+        # The broker answers CreateTopics before its metadata lists them (CI's first run found
+        # none): drop_bench_topics deletes what is listed, so wait for the listing. The broker
+        # offers nothing to wait on but its metadata.
+        with anyio.fail_after(30):
+            while not set(ours) <= set(await admin.list_topics()):  # noqa: ASYNC110 - the broker's metadata
+                await anyio.sleep(0.05)
         assert await drop_bench_topics(bootstrap) >= len(ours)
         left = set(await admin.list_topics())
     finally:
