@@ -158,7 +158,7 @@ class TailConfig:
     sweep_window_seconds: float = 600.0
     sweep_interval_seconds: float = 60.0
     sweep_budget_share: float = 0.10
-    batch_max_events: int = 2000
+    batch_max_events: int = 8000
     # Share of each limiter's rate that idle streams' polls may use together; it sets how
     # far an idle stream's poll interval may grow (streams / (share x rate)).
     idle_budget_share: float = 0.5

@@ -148,7 +148,11 @@ class Pipeline:
         self.once = once
         self.outcome = outcome
         self.router = Router(config.kafka.topic_prefix, firehose=config.kafka.firehose)
-        self.queue = CommitQueue(max_items=4 * config.tail.batch_max_events)
+        # One transaction's worth queued while one commits: the committer takes what is queued
+        # (a transaction costs ~150-300 ms of round trips and markers whatever its size, so
+        # fewer, fuller ones are what keeps a backfill off the commit path), and the queue's
+        # bound is the memory bound.
+        self.queue = CommitQueue(max_items=config.tail.batch_max_events)
         self.sweep_budget = client.budget.share(config.tail.sweep_budget_share)
         self.gap = GapAlarm(config.alarms.gap_threshold_seconds)
         self.runtimes: dict[Stream, StreamState] = {}

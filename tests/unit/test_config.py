@@ -94,7 +94,7 @@ def test_sources_name_default_file_env_and_flag(tmp_path: Path) -> None:
 def test_edited_default_file_value_is_named_by_its_path(tmp_path: Path) -> None:
     """A defaults file that changes a value shows its path as the source, not 'default'."""
     d = tmp_path / "default.toml"
-    d.write_text("[tail]\npoll_interval = 2.5\nbatch_max_events = 2000\n")
+    d.write_text("[tail]\npoll_interval = 2.5\nbatch_max_events = 8000\n")
     loaded = config.load(env={"STRIPE_API_KEY": KEY}, defaults_file=d)
     assert loaded.sources["tail.poll_interval"] == str(d)
     assert loaded.sources["tail.batch_max_events"] == "default"
