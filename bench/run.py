@@ -221,13 +221,35 @@ def memory_free_mb() -> float | None:
     return int(info["MemFree"].split()[0]) / 1024
 
 
-def machine_line(steal: float | None, free_mb: float | None) -> str:
-    """The conditions line on the machine itself, for every table."""
+LOOP_STEPS = 10_000_000
+
+
+def python_loop_seconds(steps: int = LOOP_STEPS) -> float:
+    """Seconds this process takes for a plain Python loop of `steps` additions: the speed of a
+    core as the run met it. On this virtual machine it moves by half with 0% steal in
+    /proc/stat, and the bench's wall-time figures move with it."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(steps):
+        total += i
+    return time.perf_counter() - started
+
+
+def machine_line(
+    steal: float | None, free_mb: float | None, loop_s: tuple[float, float] | None = None
+) -> str:
+    """The conditions line on the machine itself, for every table; `loop_s` is
+    `python_loop_seconds` at the run's start and end."""
     parts = [f"{os.cpu_count()} CPUs", "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())]
     if steal is not None:
         parts.append(f"CPU steal {steal:.0%} of CPU time during the run")
     if free_mb is not None:
         parts.append(f"{free_mb / 1024:.1f} GB of memory free (not cache) at the start")
+    if loop_s is not None:
+        parts.append(
+            f"a {LOOP_STEPS / 1e6:g}M-step Python loop took {loop_s[0]:.2f} s at the start and "
+            f"{loop_s[1]:.2f} s at the end"
+        )
     return "Machine: " + ", ".join(parts) + "."
 
 
@@ -851,6 +873,8 @@ async def bench(args: argparse.Namespace) -> str:
     figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
     times_before, free_mb = cpu_times(), memory_free_mb()
     figures["memory_free_mb"] = free_mb
+    loop_before = python_loop_seconds()
+    figures["python_loop_seconds"] = loop_before
     async with aiohttp.ClientSession() as session:
         limit_runs: LimitRuns | None = None
         if "limits" in which:
@@ -866,11 +890,13 @@ async def bench(args: argparse.Namespace) -> str:
         # Over the stages latest.json holds (the throughput stage below is not in it).
         steal = steal_share(times_before, cpu_times())
         figures["cpu_steal_share"] = steal
+        loop_after = python_loop_seconds()
+        figures["python_loop_seconds_after"] = loop_after
         (RESULTS / "latest.json").write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
         if not limits_chart(limit_runs, targets, RESULTS / "limits.png"):
             print("bench: no matplotlib (pip install -e '.[bench]'): no chart", flush=True)
         if "throughput" not in which:
-            return "\n".join([*lines, machine_line(steal, free_mb), ""])
+            return "\n".join([*lines, machine_line(steal, free_mb, (loop_before, loop_after)), ""])
         await drop_bench_topics(args.bootstrap)
         scenario = throughput_scenario(args.events)
         print(f"bench: simulator with {args.events:,} events of history ...", flush=True)
@@ -943,7 +969,9 @@ async def bench(args: argparse.Namespace) -> str:
         f"{os.cpu_count()} CPUs shared by simulator, ingestor and broker.",
         "",
         # Again at the end: the throughput and tail runs count too.
-        machine_line(steal_share(times_before, cpu_times()), free_mb),
+        machine_line(
+            steal_share(times_before, cpu_times()), free_mb, (loop_before, python_loop_seconds())
+        ),
     ]
     return "\n".join(lines) + "\n"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.run import machine_line, steal_share
+from bench.run import machine_line, python_loop_seconds, steal_share
 
 
 def test_steal_share_is_stolen_time_over_all_time_between_two_snapshots() -> None:
@@ -27,3 +27,15 @@ def test_machine_line_names_steal_and_free_memory_when_known() -> None:
     assert "2.0 GB of memory free" in line
     assert "steal" not in machine_line(None, None)
     assert "memory" not in machine_line(None, None)
+
+
+def test_machine_line_names_the_loop_times_when_given() -> None:
+    """The core's speed at the run's start and end, so a slow hour shows in the figures."""
+    line = machine_line(None, None, (1.234, 1.5))
+    assert "10M-step Python loop took 1.23 s at the start and 1.50 s at the end" in line
+    assert "loop" not in machine_line(None, None)
+
+
+def test_python_loop_seconds_grows_with_the_steps() -> None:
+    """A timing of real work: a hundred times the steps takes longer than one."""
+    assert 0 < python_loop_seconds(1_000) < python_loop_seconds(100_000)
