@@ -41,9 +41,8 @@ from bench.run import (
     IngestorRun,
     Sim,
     _free_port,
+    backfills_on_prefix,
     drop_bench_topics,
-    end_offsets,
-    forget_state,
     ingestor_env,
     run_ingestor,
     spawn_ingestor,
@@ -197,16 +196,14 @@ async def _cpu_pair(sim: Sim, bootstrap: str, truth: int) -> CpuRun:
     minimal_events = await topic_records(bootstrap, topic)
     if minimal_events != truth:
         raise RuntimeError(f"cpu: minimal pipeline wrote {minimal_events}, {truth} in truth")
-    prefix = f"benchcpu{uuid.uuid4().hex[:8]}"
-    first = await run_ingestor(sim, bootstrap, prefix, RESULTS / "cpu_first.log", UNLIMITED)
-    await forget_state(bootstrap, prefix)
-    since = await end_offsets(bootstrap, prefix)
-    run = await run_ingestor(sim, bootstrap, prefix, RESULTS / "cpu.log", UNLIMITED, since)
-    for name, r in (("first run", first), ("run into existing topics", run)):
-        if r.events != truth or r.unique != truth:
-            raise RuntimeError(
-                f"cpu: {name}: {r.events} records, {r.unique} distinct, {truth} in truth"
-            )
+    first, run = await backfills_on_prefix(
+        sim,
+        bootstrap,
+        f"benchcpu{uuid.uuid4().hex[:8]}",
+        [RESULTS / "cpu_first.log", RESULTS / "cpu.log"],
+        UNLIMITED,
+        truth,
+    )
     return CpuRun(truth, run, first, timed.seconds, minimal_events, timed.cpu_seconds)
 
 
