@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlencode, urlsplit
 
 import structlog
@@ -150,7 +150,7 @@ class InProcessTransport(AsyncResource):
         self._chains: dict[Handler, Handler] = {}
 
     @classmethod
-    def for_simulator(cls, sim: Simulator) -> InProcessTransport:
+    def for_simulator(cls, sim: Simulator) -> Self:
         """A transport onto a fresh app around `sim` (its own rate limiter, like a new server)."""
         return cls(build_app(sim))
 

@@ -36,7 +36,7 @@ import random
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -411,8 +411,13 @@ def lean_loop() -> None:
         setattr(loop, LOOPTIME_SYNC_FUTURES, lean)
 
 
-async def run_plan(plan: Plan) -> Report:
-    """Plays `plan` against the real service in fast-forwarded time and checks it."""
+async def run_plan(
+    plan: Plan,
+    *,
+    make_transport: Callable[[Simulator], InProcessTransport] = InProcessTransport.for_simulator,
+) -> Report:
+    """Plays `plan` against the real service in fast-forwarded time and checks it
+    (`make_transport`: one that also records the answers, as `floor.py`'s does)."""
     lean_loop()
     # The service's retry and pacing jitter draws from the module-level generator: seeded,
     # so that a replay of a seed makes the same requests in the same order.
@@ -423,7 +428,7 @@ async def run_plan(plan: Plan) -> Report:
         loaded = _settings(plan)
         sim = Simulator(_scenario(plan), seed=plan.seed)
         broker = MemoryBroker(keep_values=False)
-        transport = InProcessTransport.for_simulator(sim)
+        transport = make_transport(sim)
         logs_open: list[MemoryLog] = []
 
         def open_log(cfg: KafkaConfig) -> MemoryLog:
