@@ -58,9 +58,10 @@ lint: install
 unit: install
 	$(PY) -m pytest tests/unit
 
-# Starts the broker if it is not up yet, and stops it afterwards only if it started it.
+# Starts the broker if it is not up yet, and stops it afterwards only if it started it. The
+# simulation tests run alongside the others, at a lower priority (dev/test.sh).
 test: lint
-	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh $(PY) -m pytest tests -m "not soak"
+	@PYTHON=$(abspath $(PY)) dev/with-kafka.sh dev/test.sh $(PY) -m "not soak"
 
 # 1,000 simulated seeds (the summary goes to bench/results/chaos.txt), then the real-broker
 # chaos tests and the 10-minute soak at default settings.
