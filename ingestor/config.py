@@ -169,7 +169,7 @@ class HydrateConfig:
     concurrency: int = 16
     max_attempts: int = 6
     on_failure: Literal["dlq", "publish"] = "dlq"
-    budget_share: float = 0.5
+    budget_share: float = 0.8
     deadline_seconds: float = 60.0
     cache_entries: int = 4096
     cache_bytes: int = 8 * 1024 * 1024

@@ -110,8 +110,15 @@ CURSOR_GAP_ALARM = Gauge(
 )
 SWEEP_WINDOW = Gauge(
     "ingestor_sweep_window_seconds",
-    "Width of the stream's last sweep (grows past the configured window while one sweep "
-    "takes longer than the window; capped at twice the window).",
+    "Width of the stream's last sweep (grows past the configured window while a sweep or "
+    "the polls lag; capped at twice the window only while sweeps are slower than it).",
+    ["stream"],
+    registry=REGISTRY,
+)
+SWEEP_SKIPPED = Counter(
+    "ingestor_sweep_skipped_seconds",
+    "Seconds of created time a sweep skipped, unread, because sweeps were slower than their "
+    "window (late events created there are not re-read).",
     ["stream"],
     registry=REGISTRY,
 )

@@ -342,6 +342,7 @@ class Pipeline:
         # Exported at 0 once the stream is known (labels() leaves a value already set).
         metrics.CURSOR_EXPIRED.labels(stream=p.key)
         metrics.STREAM_PARKED.labels(stream=p.key)
+        metrics.SWEEP_SKIPPED.labels(stream=p.key)
         return rt
 
     def _park(self, key: str, reason: str, kind: str) -> None:

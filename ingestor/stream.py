@@ -188,19 +188,29 @@ class StreamState:
 
     def sweep_bounds(self, overlap_ms: int, window_ms: int) -> tuple[int, int]:
         """[lo, hi) of the next sweep: from where the last one left its lower bound (so a
-        long sweep or a stop never skips a late event) up to the poll window.
+        long sweep, a lagging poll or a stop never skips a late event) up to the poll window.
 
-        Bounded at twice the window back from its upper end: past event rates where one
-        sweep of the window takes longer than the window, coverage of lateness degrades to
-        that instead of each sweep growing without bound.
+        Never cut here: the bound moves only over ranges a read has settled. (It was once cut
+        at twice the window below `hi`, which silently skipped, unread, the late events of a
+        stream whose polls lagged a window behind: seed 303.) `Tail` cuts it, loudly, only
+        while sweeps themselves are slower than their window (`cut_sweep`).
         """
         assert self.head.tail_start_ms is not None
         hi = self.poll_lo(overlap_ms)
         lo = self.head.sweep_lo_ms
         if lo is None:
             lo = hi - window_ms
-        lo = max(lo, self.head.tail_start_ms, hi - 2 * window_ms)
+        lo = max(lo, self.head.tail_start_ms)
         return lo - lo % self.granularity_ms, hi
+
+    def cut_sweep(self, lo_ms: int, hi_ms: int, max_ms: int) -> tuple[int, int | None]:
+        """`lo_ms` raised so that [lo, hi_ms) spans at most `max_ms`, and where the skipped
+        range [lo_ms, new lo) ends (None: nothing cut)."""
+        cut = hi_ms - max_ms
+        cut -= cut % self.granularity_ms
+        if cut <= lo_ms:
+            return lo_ms, None
+        return cut, cut
 
     def set_sweep_lo(self, lo_ms: int) -> None:
         """Moves the next sweep's lower bound forward (never back)."""
@@ -210,23 +220,33 @@ class StreamState:
             self.head.sweep_lo_ms = lo
             self._head_dirty = True
 
-    def finish_sweep(self, started_ms: int, window_ms: int, *, restart: bool = False) -> None:
-        """A sweep that began at `started_ms` is done: the next one starts a window behind the
-        earlier of that and the time the stream is read through.
+    def settle(self, started_ms: int, window_ms: int) -> None:
+        """A read that began at `started_ms` covered everything from the next sweep's bound,
+        or from where the owed ranges end, up to the time the stream is read through: events
+        created a window before the earlier of the two were visible to it, so the bound moves
+        there (never back).
 
-        Not the sweep's start alone: a poll or catch-up lists the newest events first and may
-        take longer than the window to queue the rest (v2 hydration under a tight budget).
+        Not from the read's start alone: a poll or catch-up lists the newest events first and
+        may take longer than the window to queue the rest (v2 hydration under a tight budget).
         Meanwhile the sweeps' upper bound (`poll_lo`) stays behind it, and a bound moved on
         from wall time would pass, unread, the events that read listed before they became
         visible. Until some read has gone through, the bound stays where it is.
-
-        `restart`: it was a restart sweep, which read every owed range; they are settled with
-        the bound, in the same head record.
         """
         read_through = self.head.read_through_ms
         if read_through is None:
             return
         self.set_sweep_lo(min(started_ms, read_through) - window_ms)
+
+    def finish_sweep(self, started_ms: int, window_ms: int, *, restart: bool = False) -> None:
+        """A sweep that began at `started_ms` is done: the next one starts a window behind the
+        earlier of that and the time the stream is read through (`settle`).
+
+        `restart`: it was a restart sweep, which read every owed range; they are settled with
+        the bound, in the same head record.
+        """
+        if self.head.read_through_ms is None:
+            return
+        self.settle(started_ms, window_ms)
         if restart and self.head.owed:
             self.head.owed = []
             self._head_dirty = True

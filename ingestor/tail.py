@@ -97,6 +97,9 @@ class Tail:
         self._busy = False
         self.polls = 0
         self.sweeps = 0
+        # How long the last sweep took (monotonic seconds): past the window, sweeps cannot
+        # keep up with the event rate, and the next one is cut (see `sweep`).
+        self.sweep_seconds = 0.0
         # Webhook deliveries wake the poll loop (instead of its sleep) and wait for a poll
         # that started after them: numbered starts and the newest number that finished.
         self._wake = asyncio.Event()
@@ -158,8 +161,27 @@ class Tail:
 
         `shared=False` lets it use the whole budget (nothing else is reading: `--once`).
         """
-        bounds = self._rt.sweep_bounds(self._overlap_ms, self._window_ms)
-        return await self._sweep([bounds], shared, restart=False)
+        lo, hi = self._rt.sweep_bounds(self._overlap_ms, self._window_ms)
+        if self.sweep_seconds > self._cfg.sweep_window_seconds:
+            # Sweeps slower than their window (the sweep share is too small for the event
+            # rate) would each start further back, without bound: cover twice the window and
+            # report the rest, rather than hold the seen window and the state ever longer.
+            lo, skipped_to = self._rt.cut_sweep(lo, hi, 2 * self._window_ms)
+            if skipped_to is not None:
+                skipped = self._rt.sweep_bounds(self._overlap_ms, self._window_ms)[0]
+                metrics.SWEEP_SKIPPED.labels(stream=self._rt.stream.key).inc(
+                    (skipped_to - skipped) / 1000
+                )
+                log.error(
+                    "sweeps are slower than their window: late events in a skipped range are "
+                    "not re-read",
+                    stream=self._rt.stream.key,
+                    skipped_from=skipped,
+                    skipped_to=skipped_to,
+                    last_sweep_s=round(self.sweep_seconds),
+                    fix="raise tail.sweep_budget_share (or the rate limit) for this event rate",
+                )
+        return await self._sweep([(lo, hi)], shared, restart=False)
 
     async def restart_sweep(
         self, owed: Sequence[tuple[int, int]], *, shared: bool = True
@@ -172,10 +194,12 @@ class Tail:
         self, ranges: Sequence[tuple[int, int]], shared: bool, *, restart: bool
     ) -> tuple[int, int]:
         started = self._clock_ms()
+        t0 = clock.monotonic()
         new = 0
         for lo, hi in ranges:
             new += await self._sweep_range(lo, hi, shared)
         self.sweeps += 1
+        self.sweep_seconds = clock.monotonic() - t0
         span = sum(hi - lo for lo, hi in ranges)
         if new and restart:
             log.info(
@@ -227,6 +251,7 @@ class Tail:
         owed = self._owe_restart_sweep()
         if catch_up is not None:
             await _retrying(catch_up, "catch-up")
+            self._settle_catch_up(began)
         while await _retrying(self.poll, "poll") >= self._page_size:
             pass
         if self._window_ms > 0:
@@ -243,6 +268,7 @@ class Tail:
                 tg.create_task(self._sweep_loop(owed, began, caught_up))
             if catch_up is not None:
                 await _retrying(catch_up, "catch-up")
+                self._settle_catch_up(began)
             caught_up.set()
             tg.create_task(self._poll_loop())
 
@@ -251,6 +277,13 @@ class Tail:
         if self._window_ms <= 0:
             return []
         return self._rt.owe_restart_sweep(self._overlap_ms, self._window_ms)
+
+    def _settle_catch_up(self, began: int) -> None:
+        # The catch-up read from where the owed ranges end, after the restart began: what it
+        # read a window before that needs no sweep. (Without this, a process stopped during
+        # its restart sweep owed the next one every hour its catch-up had read.)
+        if self._window_ms > 0 and self._rt.owed:
+            self._rt.settle(began, self._window_ms)
 
     def nudge(self) -> None:
         """Poll now rather than at the end of the current wait (a webhook said there is news)."""

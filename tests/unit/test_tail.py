@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+import structlog
+
+from ingestor import metrics
 from ingestor.config import TailConfig
 from ingestor.events import Event, Stream
 from ingestor.limits import Priority
@@ -164,13 +167,14 @@ async def test_a_restart_sweep_cut_short_is_owed_to_the_next_restart() -> None:
     # The catch-up read 2 hours of history, then the process stopped mid-sweep.
     f.rt.advance_watermark(NOW + 7_200_000)
     f.rt.set_read_through(NOW + 7_200_000)
+    f.rt.settle(NOW + 7_200_000, 600_000)  # what the catch-up read settled (run's catch_up)
     # What the state topic holds; the next process restores from it.
     f.rt = StreamState.restore(written(f.rt))[f.rt.stream]
     assert f.rt.owed == first
     f.now = NOW + 9_000_000
     t = f.tail()
     owed = f.rt.owe_restart_sweep(5_000, 600_000)
-    assert owed == [(NOW - 600_000, NOW - 6_000), (NOW + 7_195_000 - 1_200_000, NOW + 7_195_000)]
+    assert owed == [(NOW - 600_000, NOW - 6_000), (NOW + 7_200_000 - 600_000, NOW + 7_195_000)]
     await t.restart_sweep(owed)
     assert [w[:2] for w in f.windows] == owed
     # Pruning keeps the owed ranges' ids until the sweep is done...
@@ -244,3 +248,39 @@ async def test_a_late_event_a_slow_poll_listed_too_early_is_swept_after_it() -> 
     assert f.rt.has_seen(late.id, late.created_ms)
     assert f.rt.sweep_lo_ms is not None
     assert f.rt.sweep_lo_ms <= late.created_ms
+
+
+async def test_a_sweep_behind_polls_that_lag_two_windows_still_starts_at_its_bound() -> None:
+    """Seed 303 over a day: thin events outran hydration, the polls lagged the wall clock by
+    more than twice the window, and each sweep was cut at twice the window below the poll
+    window, its bound then moved past the cut: late events there were never read (1,539 lost
+    in 24 h). A sweep starts at its bound, however far the polls have moved on."""
+    f = Fake()
+    f.rt.advance_watermark(NOW + 3_000_000)  # polls 50 minutes past the sweep's bound
+    t = f.tail()
+    await t.sweep()
+    assert f.windows == [(NOW - 600_000, NOW + 3_000_000 - 5_000, 1)]
+
+
+async def test_sweeps_slower_than_their_window_are_cut_to_twice_it_and_each_cut_reported() -> None:
+    """At event rates where one sweep takes longer than the window (its budget share too
+    small), sweeps would each start further back without bound: the next one covers twice the
+    window, and the skipped range is counted and logged as an error, never silently."""
+    f = Fake()
+    f.rt.advance_watermark(NOW + 3_000_000)
+    t = f.tail()
+    t.sweep_seconds = 601.0  # the last sweep took longer than the window
+    skipped = metrics.SWEEP_SKIPPED.labels(stream=f.rt.stream.key)
+    before = skipped._value.get()
+    with structlog.testing.capture_logs() as logs:
+        await t.sweep()
+    hi = NOW + 3_000_000 - 5_000
+    assert f.windows == [(hi - 1_200_000, hi, 1)]
+    assert skipped._value.get() - before == (hi - 1_200_000 - (NOW - 600_000)) / 1000
+    [line] = [e for e in logs if e["log_level"] == "error"]
+    assert line["skipped_from"] == NOW - 600_000
+    assert line["skipped_to"] == hi - 1_200_000
+    # A sweep within its window is not cut.
+    t.sweep_seconds = 30.0
+    await t.sweep()
+    assert f.windows[-1][0] == NOW - 600_000
