@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from ingestor.events import Event
 
@@ -170,9 +170,10 @@ class SeenWindow:
         if self._newest is None or start > self._newest:
             self._newest = start
 
-    def prune(self, older_than_ms: int) -> list[int]:
-        """Forgets the buckets that end at or before `older_than_ms`; returns their starts."""
-        gone = [b for b in self._buckets if b + BUCKET_MS <= older_than_ms]
+    def prune(self, older_than_ms: int, keep: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Forgets the buckets that end at or before `older_than_ms`, but for those that
+        meet a [lo, hi) range of `keep`; returns their starts."""
+        gone = [b for b in self._buckets if b + BUCKET_MS <= older_than_ms and not meets(b, keep)]
         for b in gone:
             del self._buckets[b]
         return gone
@@ -218,3 +219,8 @@ class SeenWindow:
 
     def __repr__(self) -> str:
         return f"SeenWindow({len(self)} ids in {len(self._buckets)} buckets)"
+
+
+def meets(bucket: int, ranges: Sequence[tuple[int, int]]) -> bool:
+    """Whether the bucket starting at `bucket` holds any time of a [lo, hi) range."""
+    return any(lo < bucket + BUCKET_MS and bucket < hi for lo, hi in ranges)

@@ -779,7 +779,7 @@ class Pipeline:
             if backfill_cursor is not None:
                 rt.advance_backfill(backfill_cursor)
             if rt.tail_start_ms is not None:
-                rt.prune(rt.prune_horizon(overlap, sweep))
+                rt.prune_unread(overlap, sweep)
             state = rt.snapshot()
             if not items and not state:
                 return None
@@ -818,7 +818,7 @@ class Pipeline:
                 probe.created_ms,
                 seen=rt.has_seen(probe.id, probe.created_ms),
                 tail_start_ms=rt.tail_start_ms,
-                horizon_ms=rt.prune_horizon(overlap, sweep),
+                horizon_ms=rt.intake_horizon(probe.created_ms, overlap, sweep),
                 backfill=rt.backfill,
             )
             if verdict in DUPLICATE_VERDICTS:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from ingestor import state
 from ingestor.config import KafkaConfig
-from ingestor.dedupe import BUCKET_MS, SeenWindow, bucket_of
+from ingestor.dedupe import BUCKET_MS, SeenWindow, bucket_of, meets
 from ingestor.events import Event, Stream
 from ingestor.state import BackfillProgress, Head
 
@@ -62,7 +62,7 @@ class StreamState:
         self._head_dirty = True
         # In memory only: the lower bound of every read in flight, and the ids a reader has
         # taken to publish but not yet queued (a concurrent reader of the stream skips them).
-        self._reads: dict[int, int] = {}
+        self._reads: dict[int, tuple[int, int | None]] = {}  # token -> [lo, hi or open)
         self._read_ids = itertools.count()
         self._pending: set[str] = set()
 
@@ -237,6 +237,35 @@ class StreamState:
             return
         self.set_sweep_lo(min(started_ms, read_through) - window_ms)
 
+    def settle_swept(self, lo_ms: int, hi_ms: int, read_at_ms: int, window_ms: int) -> bool:
+        """A sweep read [lo_ms, hi_ms) from `read_at_ms` on: every event created a window
+        before that was visible to it, so [lo_ms, min(hi_ms, read_at_ms - window_ms)) needs
+        no further sweep. Trims the owed ranges that start in it, and moves the next sweep's
+        bound over it when the bound lies in it; returns whether anything changed.
+        """
+        end = min(hi_ms, read_at_ms - window_ms)
+        end -= end % self.granularity_ms
+        if end <= lo_ms:
+            return False
+        changed = False
+        owed: list[tuple[int, int]] = []
+        for o_lo, o_hi in self.head.owed:
+            if lo_ms <= o_lo < end:
+                o_lo = end
+                changed = True
+            if o_hi > o_lo:
+                owed.append((o_lo, o_hi))
+            else:
+                changed = True
+        if changed:
+            self.head.owed = owed
+            self._head_dirty = True
+        bound = self.head.sweep_lo_ms
+        if bound is not None and lo_ms <= bound < end:
+            self.set_sweep_lo(end)
+            changed = True
+        return changed
+
     def finish_sweep(self, started_ms: int, window_ms: int, *, restart: bool = False) -> None:
         """A sweep that began at `started_ms` is done: the next one starts a window behind the
         earlier of that and the time the stream is read through (`settle`).
@@ -285,33 +314,62 @@ class StreamState:
             self._head_dirty = True
 
     @contextlib.contextmanager
-    def reading(self, lo_ms: int) -> Iterator[None]:
-        """Registers a read of [lo_ms, ...) for as long as it runs."""
+    def reading(self, lo_ms: int, hi_ms: int | None = None) -> Iterator[None]:
+        """Registers a read of [lo_ms, hi_ms) (None: open above) for as long as it runs."""
         token = next(self._read_ids)
-        self._reads[token] = lo_ms
+        self._reads[token] = (lo_ms, hi_ms)
         try:
             yield
         finally:
             del self._reads[token]
 
-    def prune_horizon(self, overlap_ms: int, window_ms: int) -> int:
+    def prune_horizon(self, overlap_ms: int, window_ms: int, *, ranges: bool = True) -> int:
         """The oldest created time any running or future read can still return
-        (`window_ms` 0: no sweeps, so the next sweep's bound holds nothing back)."""
-        bounds = list(self._reads.values())
+        (`window_ms` 0: no sweeps, so the next sweep's bound holds nothing back; `ranges`
+        False: but for the owed ranges and the reads of a bounded range, which
+        `prune_unread` keeps as ranges)."""
+        bounds = [lo for lo, hi in self._reads.values() if ranges or hi is None]
         if self.head.tail_start_ms is not None:
             bounds.append(self.poll_lo(overlap_ms))
         if self.head.sweep_lo_ms is not None and window_ms > 0:
             bounds.append(self.head.sweep_lo_ms)
-        bounds.extend(lo for lo, _ in self.head.owed)
+        if ranges:
+            bounds.extend(lo for lo, _ in self.head.owed)
         if not bounds:
             return 0
         return min(bounds) - self.granularity_ms
 
-    def prune(self, older_than_ms: int) -> None:
-        """Forgets seen ids in buckets wholly older than `older_than_ms`."""
+    def intake_horizon(self, created_ms: int, overlap_ms: int, window_ms: int) -> int:
+        """The horizon that decides a pushed event created at `created_ms` (webhook intake:
+        below it, an unseen event is settled): `prune_horizon`, or, for an event in a
+        stretch `prune_unread` forgets between the ranges it keeps, the bound above it."""
+        full = self.prune_horizon(overlap_ms, window_ms)
+        main = self.prune_horizon(overlap_ms, window_ms, ranges=False)
+        if not full <= created_ms < main:
+            return full
+        if any(lo <= created_ms < hi for lo, hi in self._kept_ranges()):
+            return full
+        return main
+
+    def _kept_ranges(self) -> list[tuple[int, int]]:
+        g = self.granularity_ms
+        keep = [(lo - g, hi + g) for lo, hi in self.head.owed]
+        keep += [(lo - g, hi + g) for lo, hi in self._reads.values() if hi is not None]
+        return keep
+
+    def prune_unread(self, overlap_ms: int, window_ms: int) -> None:
+        """Forgets every id no running or future read can return: those below the horizon
+        but for the owed ranges and the bounded reads running. (A single cutoff at the
+        oldest of them held, after an hour's stop and crashes, every id from before the
+        stop to now while the restart sweep read the owed range: seed 300.)"""
+        self.prune(self.prune_horizon(overlap_ms, window_ms, ranges=False), self._kept_ranges())
+
+    def prune(self, older_than_ms: int, keep: Sequence[tuple[int, int]] = ()) -> None:
+        """Forgets seen ids in buckets wholly older than `older_than_ms`, but for buckets
+        that meet a [lo, hi) range of `keep`."""
         cutoff = older_than_ms - older_than_ms % BUCKET_MS
-        gone = set(self.seen.prune(cutoff))
-        gone.update(b for b in self.head.buckets if b < cutoff)
+        gone = set(self.seen.prune(cutoff, keep))
+        gone.update(b for b in self.head.buckets if b < cutoff and not meets(b, keep))
         for bucket in gone:
             self._dirty.pop(bucket, None)
             self._chunk_bytes.pop(bucket, None)

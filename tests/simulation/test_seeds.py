@@ -267,9 +267,8 @@ async def test_thin_events_at_a_third_of_50_per_second_keep_up_and_lose_no_late_
     Hydration now has 80% and a sweep starts at its bound however far the polls lag."""
     full = make_plan(303, hours=24, rate=50)
     hours = 0.7
-    plan = dataclasses.replace(
-        full, hours=hours, steps=tuple(s for s in full.steps if s.at < hours * 3600 - 120), replay=""
-    )
+    steps = tuple(s for s in full.steps if s.at < hours * 3600 - 120)
+    plan = dataclasses.replace(full, hours=hours, steps=steps, replay="")
     assert [s.kind for s in plan.steps] == ["same_second"]
     report = await run_plan(plan)
     assert report.ok, report.failure()

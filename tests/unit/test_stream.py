@@ -338,3 +338,36 @@ def test_owed_ranges_merge_when_they_touch_and_stay_few_however_many_restarts() 
     assert merged == sorted(merged)
     for lo, hi in ranges:
         assert any(a <= lo and hi <= b for a, b in merged)
+
+
+def test_pruning_keeps_the_owed_ranges_and_forgets_the_settled_stretch_between() -> None:
+    """Seed 300: a single cutoff at the oldest owed range kept every id from before an
+    hour's stop to now (142k in one stream against 28k before the stop). Ids no read can
+    return again, those between an owed range and the next sweep's bound, are forgotten;
+    the owed range's stay for the restart sweep that dedupes against them."""
+    rt = StreamState(Stream("v1", None))
+    rt.set_tail_start(0)
+    hour = 3_600_000
+    rt.set_sweep_lo(hour)
+    rt.advance_watermark(hour + 600_000)
+    owed = rt.owe_restart_sweep(5_000, 600_000)
+    assert owed == [(hour, hour + 595_000)]
+    # The catch-up read 2 hours after the stop, and settled it up to a window behind.
+    events = [
+        Event(f"evt_{t}", "charge.updated", "v1", None, t, False, None, "ch", {})
+        for t in range(hour, 4 * hour, 60_000)
+    ]
+    rt.mark(events)
+    rt.advance_watermark(4 * hour)
+    rt.set_read_through(4 * hour)
+    rt.settle(4 * hour, 600_000)
+    rt.prune_unread(5_000, 600_000)
+    kept = {e.created_ms for e in events if rt.has_seen(e.id, e.created_ms)}
+    assert {t for t in kept if t < hour + 600_000} == set(range(hour, hour + 600_000, 60_000))
+    assert min(t for t in kept if t >= hour + 600_000) >= 4 * hour - 600_000 - 10_000
+    # The webhook intake's horizon still counts the owed range as unread, and an event in
+    # the stretch forgotten after it as settled (it is not seen, and must not be published
+    # again).
+    assert rt.intake_horizon(hour + 60_000, 5_000, 600_000) < hour
+    assert rt.intake_horizon(2 * hour, 5_000, 600_000) > 2 * hour
+    assert not rt.has_seen(f"evt_{2 * hour}", 2 * hour)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+import pytest
 import structlog
 
 from ingestor import metrics
@@ -74,6 +75,17 @@ class Fake:
             read_gap=self.read_gap,
             busy_pages=3,
         )
+
+
+def merged(windows: list[tuple[int, int | None, int]]) -> list[tuple[int, int | None, int]]:
+    """The windows read, contiguous ones (a sweep's spans of one window each) joined."""
+    out: list[tuple[int, int | None, int]] = []
+    for lo, hi, extra in windows:
+        if out and out[-1][1] == lo and out[-1][2] == extra:
+            out[-1] = (out[-1][0], hi, extra)
+        else:
+            out.append((lo, hi, extra))
+    return out
 
 
 def pages(n: int, start: int = 0) -> list[list[Event]]:
@@ -175,14 +187,14 @@ async def test_a_restart_sweep_cut_short_is_owed_to_the_next_restart() -> None:
     t = f.tail()
     owed = f.rt.owe_restart_sweep(5_000, 600_000)
     assert owed == [(NOW - 600_000, NOW - 6_000), (NOW + 7_200_000 - 600_000, NOW + 7_195_000)]
-    await t.restart_sweep(owed)
-    assert [w[:2] for w in f.windows] == owed
-    # Pruning keeps the owed ranges' ids until the sweep is done...
+    # Pruning keeps the owed ranges' ids until they are swept...
     assert f.rt.prune_horizon(5_000, 600_000) < NOW - 600_000
+    await t.restart_sweep(owed)
+    assert [w[:2] for w in merged(f.windows)] == owed
     await t._finish_sweep(f.now, restart=True)
-    # ...which settles them with the next sweep's bound, in the same head record.
+    # ...which settles them, and moves the next sweep's bound over what it read.
     assert f.rt.owed == []
-    assert f.rt.sweep_lo_ms == NOW + 7_200_000 - 600_000
+    assert f.rt.sweep_lo_ms == NOW + 7_195_000
     assert StreamState.restore(written(f.rt))[f.rt.stream].owed == []
 
 
@@ -246,8 +258,8 @@ async def test_a_late_event_a_slow_poll_listed_too_early_is_swept_after_it() -> 
     new, _ = await t.sweep()
     assert new == 1
     assert f.rt.has_seen(late.id, late.created_ms)
-    assert f.rt.sweep_lo_ms is not None
-    assert f.rt.sweep_lo_ms <= late.created_ms
+    # Only that sweep, which read it after it was visible, moved the bound over it.
+    assert f.rt.sweep_lo_ms == NOW - 1_000 - 5_000
 
 
 async def test_a_sweep_behind_polls_that_lag_two_windows_still_starts_at_its_bound() -> None:
@@ -259,7 +271,7 @@ async def test_a_sweep_behind_polls_that_lag_two_windows_still_starts_at_its_bou
     f.rt.advance_watermark(NOW + 3_000_000)  # polls 50 minutes past the sweep's bound
     t = f.tail()
     await t.sweep()
-    assert f.windows == [(NOW - 600_000, NOW + 3_000_000 - 5_000, 1)]
+    assert merged(f.windows) == [(NOW - 600_000, NOW + 3_000_000 - 5_000, 1)]
 
 
 async def test_sweeps_slower_than_their_window_are_cut_to_twice_it_and_each_cut_reported() -> None:
@@ -275,7 +287,7 @@ async def test_sweeps_slower_than_their_window_are_cut_to_twice_it_and_each_cut_
     with structlog.testing.capture_logs() as logs:
         await t.sweep()
     hi = NOW + 3_000_000 - 5_000
-    assert f.windows == [(hi - 1_200_000, hi, 1)]
+    assert merged(f.windows) == [(hi - 1_200_000, hi, 1)]
     assert skipped._value.get() - before == (hi - 1_200_000 - (NOW - 600_000)) / 1000
     [line] = [e for e in logs if e["log_level"] == "error"]
     assert line["skipped_from"] == NOW - 600_000
@@ -283,4 +295,38 @@ async def test_sweeps_slower_than_their_window_are_cut_to_twice_it_and_each_cut_
     # A sweep within its window is not cut.
     t.sweep_seconds = 30.0
     await t.sweep()
-    assert f.windows[-1][0] == NOW - 600_000
+    assert merged(f.windows)[-1] == (NOW - 600_000, hi, 1)
+
+
+async def test_a_restart_sweep_cut_short_leaves_only_its_unread_rest_owed() -> None:
+    """Seed 300: after an hour's stop a crash every few minutes cut each restart sweep short,
+    and each restart owed all of it again plus its own range, so the state held ever more
+    ids. A sweep reads its range a window at a time, oldest first, and records after each
+    what it settled: the next restart owes only the rest."""
+    f = Fake()
+    f.rt = StreamState(Stream("v1", None))
+    f.rt.set_tail_start(NOW - 10_800_000)
+    f.rt.advance_watermark(NOW - 60_000)
+    f.rt.set_read_through(NOW - 60_000)
+    f.rt.set_sweep_lo(NOW - 2_400_000)
+    f.now = NOW + 3_600_000  # restarted an hour after the stop
+    owed = f.rt.owe_restart_sweep(5_000, 600_000)
+    assert owed == [(NOW - 2_400_000, NOW - 65_000)]
+    reads = 0
+
+    async def read(
+        lo: int, hi: int | None, extra: Sequence[RateBudget], priority: Priority
+    ) -> AsyncIterator[list[Event]]:
+        nonlocal reads
+        reads += 1
+        if reads == 3:
+            raise RuntimeError("kill -9")
+        yield [ev(reads, lo)]
+
+    t = f.tail()
+    t._read = read
+    with pytest.raises(RuntimeError):
+        await t.restart_sweep(owed)
+    rest = [(NOW - 2_400_000 + 1_200_000, NOW - 65_000)]
+    assert f.rt.owed == rest
+    assert StreamState.restore(written(f.rt))[f.rt.stream].owed == rest
