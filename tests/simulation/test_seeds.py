@@ -273,3 +273,18 @@ async def test_thin_events_at_a_third_of_50_per_second_keep_up_and_lose_no_late_
     report = await run_plan(plan)
     assert report.ok, report.failure()
     assert report.events > 150_000
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.looptime(noop_cycles=NOOP_CYCLES)
+async def test_crashes_every_few_minutes_after_an_hours_stop_keep_the_state_bounded() -> None:
+    """Seed 300 for 2 h at 50 events/s (three accounts, two joining mid-run): a 53-minute
+    stop, then six crashes within half an hour. Each crash cut the restart sweep short and
+    the next restart owed all of it again, the state kept every id from before the stop on
+    (221,000, over the bound of 109,000), and the cut at twice the window lost 116 late
+    events. Sweeps record what each window-long span settled and the seen window forgets
+    the settled stretch between the owed ranges and the sweep bound."""
+    report = await run_plan(make_plan(300, hours=2, rate=50))
+    assert report.ok, report.failure()
+    assert report.crashes == 6
+    assert report.max_state_ids < 109_000

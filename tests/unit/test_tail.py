@@ -275,13 +275,20 @@ async def test_a_sweep_behind_polls_that_lag_two_windows_still_starts_at_its_bou
 
 
 async def test_sweeps_slower_than_their_window_are_cut_to_twice_it_and_each_cut_reported() -> None:
-    """At event rates where one sweep takes longer than the window (its budget share too
-    small), sweeps would each start further back without bound: the next one covers twice the
-    window, and the skipped range is counted and logged as an error, never silently."""
+    """At event rates where sweeps read created time slower than it passes (their budget
+    share too small), they would each start further back without bound: the next one covers
+    twice the window, and the skipped range is counted and logged as an error, never
+    silently. One slow sweep of a long range, such as a restart's, is not cut."""
     f = Fake()
     f.rt.advance_watermark(NOW + 3_000_000)
     t = f.tail()
-    t.sweep_seconds = 601.0  # the last sweep took longer than the window
+    # One slow sweep of a long range (a restart's after a stop) catches up: no cut.
+    t.sweep_seconds, t.swept_seconds = 1_500.0, 3_600.0
+    await t.sweep()
+    assert merged(f.windows) == [(NOW - 600_000, NOW + 3_000_000 - 5_000, 1)]
+    f.windows.clear()
+    # The last sweep read created time slower than it passes, and took over the window.
+    t.sweep_seconds, t.swept_seconds = 1_300.0, 1_200.0
     skipped = metrics.SWEEP_SKIPPED.labels(stream=f.rt.stream.key)
     before = skipped._value.get()
     with structlog.testing.capture_logs() as logs:
@@ -293,7 +300,7 @@ async def test_sweeps_slower_than_their_window_are_cut_to_twice_it_and_each_cut_
     assert line["skipped_from"] == NOW - 600_000
     assert line["skipped_to"] == hi - 1_200_000
     # A sweep within its window is not cut.
-    t.sweep_seconds = 30.0
+    t.sweep_seconds, t.swept_seconds = 30.0, 1_200.0
     await t.sweep()
     assert merged(f.windows)[-1] == (NOW - 600_000, hi, 1)
 
