@@ -186,7 +186,7 @@ class Hydrator:
         The share is a sub-budget acquired before the shared one (`extra_budgets`), so a burst
         of thin events can use at most that fraction of the rate and the rest is left to the
         polls. Each fetch is one request (`max_retries=0`): the hydrator retries, once. Fetches
-        wait at hydration priority: after tail polls and sweeps (a capped share), before backfill.
+        wait at hydration priority: after tail polls, before sweeps and backfill.
         """
         share = client.budget.share(config.budget_share)
 

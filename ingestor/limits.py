@@ -34,11 +34,8 @@ class Priority(IntEnum):
     """Who gets the next token or slot when several wait: the lowest value first."""
 
     TAIL = 0  # live polls: what users see as latency
-    # Sweeps before hydration: they are capped at a small share (tail.sweep_budget_share),
-    # and behind a hydration backlog (after a stop) they starved, took longer than the time
-    # they covered, and were cut (seed 303 lost 49 late events so in 24 h).
-    SWEEP = 1  # re-reads for late events
-    HYDRATE = 2  # related objects of thin events already read
+    HYDRATE = 1  # related objects of thin events already read
+    SWEEP = 2  # re-reads for late events
     BACKFILL = 3  # history: takes whatever the others leave
 
 
