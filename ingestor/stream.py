@@ -60,7 +60,7 @@ class StreamState:
         self._chunk_bytes: dict[int, int] = {}  # bucket -> bytes of its live chunks
         self._dropped: dict[int, int] = {}  # pruned bucket -> chunks to delete
         self._head_dirty = True
-        # In memory only: the lower bound of every read in flight, and the ids a reader has
+        # In memory only: the range of every read in flight, and the ids a reader has
         # taken to publish but not yet queued (a concurrent reader of the stream skips them).
         self._reads: dict[int, tuple[int, int | None]] = {}  # token -> [lo, hi or open)
         self._read_ids = itertools.count()
@@ -203,14 +203,11 @@ class StreamState:
         lo = max(lo, self.head.tail_start_ms)
         return lo - lo % self.granularity_ms, hi
 
-    def cut_sweep(self, lo_ms: int, hi_ms: int, max_ms: int) -> tuple[int, int | None]:
-        """`lo_ms` raised so that [lo, hi_ms) spans at most `max_ms`, and where the skipped
-        range [lo_ms, new lo) ends (None: nothing cut)."""
+    def cut_sweep(self, lo_ms: int, hi_ms: int, max_ms: int) -> int:
+        """`lo_ms` raised (to a whole unit of `created`) so that [lo, hi_ms) spans at most
+        `max_ms`; [lo_ms, the result) is what the cut skips."""
         cut = hi_ms - max_ms
-        cut -= cut % self.granularity_ms
-        if cut <= lo_ms:
-            return lo_ms, None
-        return cut, cut
+        return max(lo_ms, cut - cut % self.granularity_ms)
 
     def set_sweep_lo(self, lo_ms: int) -> None:
         """Moves the next sweep's lower bound forward (never back)."""

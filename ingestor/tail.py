@@ -170,21 +170,19 @@ class Tail:
             # twice the window and report the rest, rather than hold the seen window and the
             # state ever longer. (Not after one slow sweep of a long range, such as a restart's
             # after an hour's stop: those catch up. Seed 303 lost 92 late events so, in 24 h.)
-            lo, skipped_to = self._rt.cut_sweep(lo, hi, 2 * self._window_ms)
-            if skipped_to is not None:
-                skipped = self._rt.sweep_bounds(self._overlap_ms, self._window_ms)[0]
-                metrics.SWEEP_SKIPPED.labels(stream=self._rt.stream.key).inc(
-                    (skipped_to - skipped) / 1000
-                )
+            cut = self._rt.cut_sweep(lo, hi, 2 * self._window_ms)
+            if cut > lo:
+                metrics.SWEEP_SKIPPED.labels(stream=self._rt.stream.key).inc((cut - lo) / 1000)
                 log.error(
                     "sweeps are slower than their window: late events in a skipped range are "
                     "not re-read",
                     stream=self._rt.stream.key,
-                    skipped_from=skipped,
-                    skipped_to=skipped_to,
+                    skipped_from=lo,
+                    skipped_to=cut,
                     last_sweep_s=round(self.sweep_seconds),
                     fix="raise tail.sweep_budget_share (or the rate limit) for this event rate",
                 )
+                lo = cut
         return await self._sweep([(lo, hi)], shared, restart=False)
 
     async def restart_sweep(
