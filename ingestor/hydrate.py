@@ -16,12 +16,14 @@ from ingestor.clock import wall_ms
 from ingestor.config import HydrateConfig
 from ingestor.errors import ClosedError, IngestorError, StripeNotFound
 from ingestor.events import Event, Hydration
-from ingestor.limits import Priority
+from ingestor.limits import ConcurrencyCap, Priority
 from ingestor.metrics import HYDRATION_REQUESTS
 from ingestor.retry import Failure, RetryPolicy
 from ingestor.stripe_api import StripeClient
 
-Fetch = Callable[[str, str | None], Awaitable[dict[str, Any]]]
+Fetch = Callable[[str, str | None, int], Awaitable[dict[str, Any]]]
+"""fetch(url, account, priority): the related object; `priority` (`ingestor.limits.Priority`)
+orders the request among those waiting for Stripe's limiters."""
 Key = tuple[str, str | None]
 MAX_ERROR_CHARS = 300
 
@@ -41,12 +43,13 @@ def describe_error(exc: BaseException) -> str:
 class _Flight:
     """One fetch of one object, as other events see it when deciding to share it."""
 
-    __slots__ = ("sent",)
+    __slots__ = ("priority", "sent")
 
-    def __init__(self) -> None:
+    def __init__(self, priority: int) -> None:
         # Tick of the hydrator's logical clock when the first attempt got its slot (the
         # request goes out at or after it); None while the fetch is still queued.
         self.sent: int | None = None
+        self.priority = priority
 
 
 class _Done:
@@ -165,7 +168,9 @@ class Hydrator:
             rng=jitter,
         )
         self._clock_ms = clock_ms
-        self._slots = asyncio.Semaphore(concurrency)
+        # Served by priority: a sweep's late event is not queued behind a catch-up's backlog.
+        self._slots = ConcurrencyCap(concurrency)
+        self._arrivals = itertools.count()
         self._group: asyncio.TaskGroup | None = None
         # Our own logical clock: strictly increasing, so "before" and "after" never tie (a
         # loop whose time stands still, as in simulated time, would tie every stamp).
@@ -186,11 +191,12 @@ class Hydrator:
         The share is a sub-budget acquired before the shared one (`extra_budgets`), so a burst
         of thin events can use at most that fraction of the rate and the rest is left to the
         polls. Each fetch is one request (`max_retries=0`): the hydrator retries, once. Fetches
-        wait at hydration priority: after tail polls, before sweeps and backfill.
+        wait at the priority their events were given (`hydrate_all`): hydration priority
+        (after tail polls, before sweeps and backfill) unless they are a sweep's late events.
         """
         share = client.budget.share(config.budget_share)
 
-        async def fetch(url: str, account: str | None) -> dict[str, Any]:
+        async def fetch(url: str, account: str | None, priority: int) -> dict[str, Any]:
             api: Literal["v1", "v2"] = "v2" if "/v2/" in url else "v1"
             body: dict[str, Any] = await client.request_json(
                 "GET",
@@ -198,7 +204,7 @@ class Hydrator:
                 account=account,
                 api=api,
                 extra_budgets=(share,),
-                priority=Priority.HYDRATE,
+                priority=priority,
                 max_retries=0,
             )
             return body
@@ -228,9 +234,9 @@ class Hydrator:
         assert group is not None
         await group.__aexit__(exc_type, exc, tb)
 
-    async def hydrate(self, event: Event) -> Hydration:
+    async def hydrate(self, event: Event, priority: int = Priority.HYDRATE) -> Hydration:
         """The related object of `event`, fetched by a request sent after this call began."""
-        return await self._hydrate(event, next(self._ticks))
+        return await self._hydrate(event, next(self._ticks), priority)
 
     def stamp(self) -> int:
         """A tick of the hydrator's clock, to take just after events were listed and pass as
@@ -238,13 +244,18 @@ class Hydrator:
         return next(self._ticks)
 
     async def hydrate_all(
-        self, events: Iterable[Event], known: int | None = None
+        self,
+        events: Iterable[Event],
+        known: int | None = None,
+        priority: int = Priority.HYDRATE,
     ) -> list[Hydration]:
         """Hydrations in the order of `events`; one failing event never blocks the others.
 
         `known` is a `stamp()` taken after every one of `events` was listed (default: now).
         Each result comes from a request sent after that tick; an earlier tick lets more
-        events share fetches, a later one is merely more cautious, never wrong.
+        events share fetches, a later one is merely more cautious, never wrong. `priority`
+        orders the fetches among those waiting for a slot and for Stripe's limiters: a
+        sweep's few late events go ahead of a catch-up's backlog (`tail.SWEEP_HYDRATION`).
 
         Needs no lock and may run concurrently from several readers of one stream (and hold no
         stream lock while it runs): the shared state is touched only between awaits on the
@@ -255,10 +266,10 @@ class Hydrator:
         if known is None:
             known = next(self._ticks)
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._hydrate(event, known)) for event in events]
+            tasks = [tg.create_task(self._hydrate(event, known, priority)) for event in events]
         return [task.result() for task in tasks]
 
-    async def _hydrate(self, event: Event, known: int) -> Hydration:
+    async def _hydrate(self, event: Event, known: int, priority: int) -> Hydration:
         if event.related_url is None:
             return Hydration("ok", self._clock_ms(), None)
         if self._group is None:
@@ -271,15 +282,20 @@ class Hydrator:
         # event's state: sharing never gives an event an object older than itself. Both
         # stamps come from our own clock; Stripe's `created` is another machine's clock and
         # says nothing about when our request left.
-        # The newest eligible fetch first: one in flight is newer than any kept one.
-        if current is not None and (current[0].sent is None or current[0].sent > known):
+        # The newest eligible fetch first: one in flight is newer than any kept one. (Not one
+        # still queued behind others at a lower priority: this event would wait with it.)
+        if (
+            current is not None
+            and (current[0].sent is None or current[0].sent > known)
+            and (current[0].sent is not None or current[0].priority <= priority)
+        ):
             HYDRATION_REQUESTS.labels(result="coalesced").inc()
             task = current[1]
         elif (kept := self.cache.get(key, known)) is not None:
             HYDRATION_REQUESTS.labels(result="cached").inc()
             return kept
         else:
-            flight = _Flight()
+            flight = _Flight(priority)
             task = self._group.create_task(self._fetch_with_retries(*key, flight))
             entry = (flight, task)
             self._inflight[key] = entry
@@ -306,12 +322,15 @@ class Hydrator:
 
         async def attempt() -> dict[str, Any]:
             nonlocal attempts
-            async with self._slots:
+            await self._slots.acquire(flight.priority, next(self._arrivals))
+            try:
                 if flight.sent is None:
                     flight.sent = next(self._ticks)
                     deadline.reschedule(loop.time() + self._deadline)
                 attempts += 1
-                return await self._fetch(url, account)
+                return await self._fetch(url, account, flight.priority)
+            finally:
+                self._slots.release()
 
         try:
             async with asyncio.timeout(None) as deadline:

@@ -593,8 +593,8 @@ class Pipeline:
             if rt.read_through_ms is not None:
                 self.gap.check(p.key, rt.read_through_ms, now_ms())
 
-        async def accept(events: list[Event], newest: int | None) -> int:
-            return await self._accept(rt, events, newest)
+        async def accept(events: list[Event], newest: int | None, priority: Priority) -> int:
+            return await self._accept(rt, events, newest, priority)
 
         tail_cfg = self.cfg.tail
         w = self.cfg.webhook
@@ -704,13 +704,18 @@ class Pipeline:
     # --- turning events into batches --------------------------------------------------------
 
     async def _prepare(
-        self, events: list[Event], mode: IngestMode, known: int | None = None
+        self,
+        events: list[Event],
+        mode: IngestMode,
+        known: int | None = None,
+        priority: Priority = Priority.HYDRATE,
     ) -> list[Routed]:
-        """Hydrates thin events and routes every event to its records, in the order given;
-        `known` is a hydrator stamp taken after the events were listed (default: now)."""
+        """Hydrates thin events (their fetches waiting at `priority`) and routes every event
+        to its records, in the order given; `known` is a hydrator stamp taken after the events
+        were listed (default: now)."""
         hydrations: list[Hydration | None]
         if events and events[0].api == "v2":
-            hydrations = list(await self.hydrator.hydrate_all(events, known))
+            hydrations = list(await self.hydrator.hydrate_all(events, known, priority))
         else:
             hydrations = [None] * len(events)
         out: list[Routed] = []
@@ -736,7 +741,13 @@ class Pipeline:
             out.append(Routed(event.id, event.type, event.api, event.created_ms, records))
         return out
 
-    async def _accept(self, rt: StreamState, events: list[Event], newest: int | None) -> int:
+    async def _accept(
+        self,
+        rt: StreamState,
+        events: list[Event],
+        newest: int | None,
+        priority: Priority = Priority.HYDRATE,
+    ) -> int:
         """Tail intake: drop what is already published or not the tail's, publish the rest.
 
         `events` come newest first, as Stripe lists them; they are queued oldest first by
@@ -752,7 +763,7 @@ class Pipeline:
             self.directory.observe(fresh)
         try:
             fresh = oldest_first(fresh)
-            items = await self._prepare(fresh, "tail")
+            items = await self._prepare(fresh, "tail", priority=priority)
             await self._enqueue(rt, items, "tail", fresh, newest)
         finally:
             rt.release(fresh)  # a no-op for what was queued (queueing marks it seen)

@@ -23,8 +23,15 @@ ReadWindow = Callable[[int, int | None, Sequence[RateBudget], Priority], AsyncIt
 """read(lo_ms, hi_ms or None, extra budgets, priority) yields pages (newest first) of events in
 the window."""
 
-Accept = Callable[[list[Event], int | None], Awaitable[int]]
-"""accept(events read, newest first; newest created seen) queues the new ones; returns how many."""
+Accept = Callable[[list[Event], int | None, Priority], Awaitable[int]]
+"""accept(events read, newest first; newest created seen; the priority the new ones' hydrations
+wait at) queues the new ones; returns how many."""
+
+# A sweep's new events are late ones, few and already the oldest unpublished: their
+# hydrations go ahead of everything, or a sweep page waits behind a catch-up's whole
+# hydration backlog (seed 303: v2 sweeps spent 657 of 711 s so, ran slower than the time they
+# covered, were cut, and late events in the cut were lost).
+SWEEP_HYDRATION = Priority.TAIL
 
 
 def _now_ms() -> int:
@@ -151,7 +158,7 @@ class Tail:
         lo = max(self._rt.poll_lo(self._overlap_ms), self._floor_ms())
         with self._rt.reading(lo):
             events, newest, pages = await self._collect(lo, None, (), Priority.TAIL)
-            new = await self._accept(events, newest)
+            new = await self._accept(events, newest, Priority.HYDRATE)
         self._rt.set_read_through(started)
         self._busy = pages >= self._busy_pages
         self.polls += 1
@@ -230,7 +237,7 @@ class Tail:
             read_at = self._clock_ms()
             new += await self._sweep_span(lo, top, shared)
             if self._window_ms > 0 and self._rt.settle_swept(lo, top, read_at, self._window_ms):
-                await self._accept([], None)
+                await self._accept([], None, Priority.HYDRATE)
             lo = top
         return new
 
@@ -241,7 +248,7 @@ class Tail:
         # events, which are already out of order; nothing is gained by holding the window.
         with self._rt.reading(lo, hi):
             async for page in self._read(lo, hi, extra, Priority.SWEEP):
-                new += await self._accept(page, None)
+                new += await self._accept(page, None, SWEEP_HYDRATION)
         return new
 
     async def _finish_sweep(self, started_ms: int, *, restart: bool = False) -> None:
@@ -249,7 +256,7 @@ class Tail:
         is read through, whichever is earlier (and, after a restart sweep, settles what the
         restart owed), and persists it."""
         self._rt.finish_sweep(started_ms, self._window_ms, restart=restart)
-        await self._accept([], None)
+        await self._accept([], None, Priority.HYDRATE)
 
     async def _collect(
         self, lo: int, hi: int | None, extra: Sequence[RateBudget], priority: Priority

@@ -22,6 +22,7 @@ from ingestor.errors import (
 )
 from ingestor.events import Event
 from ingestor.hydrate import Hydrator, describe_error
+from ingestor.limits import Priority
 from ingestor.metrics import HYDRATION_REQUESTS, REGISTRY
 from ingestor.ratelimit import RateBudget
 from ingestor.stripe_api import StripeClient
@@ -84,7 +85,7 @@ async def test_ten_concurrent_hydrations_of_one_object_share_one_fetch() -> None
     calls: list[tuple[str, str | None]] = []
     release = asyncio.Event()
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         calls.append((url, account))
         await release.wait()
         return {"id": "acct_1"}
@@ -105,7 +106,7 @@ async def test_no_coalescing_into_a_fetch_that_started_before_the_event_was_crea
     release = asyncio.Event()
     calls = 0
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal calls
         calls += 1
         version = calls
@@ -132,7 +133,7 @@ async def test_no_coalescing_into_a_fetch_that_started_before_the_event_was_crea
 async def test_finished_fetch_is_not_reused_by_later_events() -> None:
     calls = 0
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal calls
         calls += 1
         return {"n": calls}
@@ -146,7 +147,7 @@ async def test_finished_fetch_is_not_reused_by_later_events() -> None:
 async def test_not_found_becomes_not_found_without_retrying() -> None:
     sleeps = Sleeps()
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         raise StripeNotFound("no such account", status=404, request_id="req_404")
 
     async with _hydrator(fetch, sleep=sleeps, clock_ms=Clock(5)) as hydrator:
@@ -161,7 +162,7 @@ async def test_retriable_errors_are_retried_with_exponential_backoff_then_succee
     sleeps = Sleeps()
     attempts = 0
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal attempts
         attempts += 1
         if attempts < 4:
@@ -182,7 +183,7 @@ async def test_retriable_errors_are_retried_with_exponential_backoff_then_succee
 async def test_exhausted_budget_fails_with_a_one_line_reason() -> None:
     attempts = 0
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal attempts
         attempts += 1
         raise StripeServerError("upstream\ntimeout", status=502, request_id="req_9")
@@ -201,7 +202,7 @@ async def test_exhausted_budget_fails_with_a_one_line_reason() -> None:
 async def test_non_retriable_error_fails_at_once() -> None:
     attempts = 0
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal attempts
         attempts += 1
         raise StripeAuthError("bad key", status=401)
@@ -214,7 +215,7 @@ async def test_non_retriable_error_fails_at_once() -> None:
 
 
 async def test_event_without_related_object_is_ok_with_null_object() -> None:
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         raise AssertionError("must not fetch")
 
     async with _hydrator(fetch, clock_ms=Clock(77)) as hydrator:
@@ -226,7 +227,7 @@ async def test_concurrency_bound_is_respected() -> None:
     in_flight = 0
     peak = 0
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
@@ -242,8 +243,38 @@ async def test_concurrency_bound_is_respected() -> None:
     assert [r.related_object for r in results] == [{"url": e.related_url} for e in events]
 
 
+async def test_a_sweeps_late_event_is_fetched_before_a_queued_backlog_and_not_with_it() -> None:
+    """With every slot busy and a backlog queued at hydration priority, an event hydrated at a
+    better priority gets the next slot, its fetch carries that priority, and it does not wait
+    on a queued fetch of the same object (it would wait behind the whole backlog)."""
+    release = asyncio.Event()
+    order: list[tuple[str, int]] = []
+
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
+        order.append((url.rsplit("/", 1)[1], priority))
+        await release.wait()
+        return {"url": url}
+
+    backlog = [_event(i, url=f"/v2/core/accounts/acct_{i}") for i in range(6)]
+    late = _event(99, url="/v2/core/accounts/acct_5")
+    async with _hydrator(fetch, concurrency=2) as hydrator:
+        queued = asyncio.create_task(hydrator.hydrate_all(backlog, priority=Priority.HYDRATE))
+        await asyncio.sleep(0.01)
+        assert len(order) == 2  # two slots taken, four fetches queued (acct_5 among them)
+        first = asyncio.create_task(hydrator.hydrate_all([late], priority=Priority.TAIL))
+        await asyncio.sleep(0.01)
+        release.set()
+        [result] = await first
+        await queued
+    assert result.status == "ok"
+    hydrate = Priority.HYDRATE
+    assert order[:2] == [("acct_0", hydrate), ("acct_1", hydrate)]
+    assert order[2] == ("acct_5", Priority.TAIL)
+    assert order[3:] == [(f"acct_{i}", hydrate) for i in range(2, 6)]
+
+
 async def test_order_is_preserved_and_one_poison_event_does_not_block_others() -> None:
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         if url.endswith("poison"):
             raise RuntimeError("unexpected shape")
         # Later events finish first, so order comes from the API, not from completion.
@@ -263,7 +294,7 @@ async def test_order_is_preserved_and_one_poison_event_does_not_block_others() -
 async def test_cancelled_waiter_does_not_cancel_a_shared_fetch() -> None:
     release = asyncio.Event()
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         await release.wait()
         return {"id": "acct_1"}
 
@@ -280,7 +311,7 @@ async def test_cancelled_waiter_does_not_cancel_a_shared_fetch() -> None:
 
 
 async def test_use_outside_the_context_manager_is_refused() -> None:
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         return {}
 
     with pytest.raises(ClosedError):
@@ -301,7 +332,7 @@ async def test_should_retry_true_retries_a_status_that_is_normally_final() -> No
     """`Stripe-Should-Retry: true` on a 400 (never retried by status) gets another attempt."""
     attempts = 0
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal attempts
         attempts += 1
         if attempts == 1:
@@ -327,7 +358,7 @@ async def test_should_retry_false_never_retries_even_a_retriable_status(exc: Exc
     attempts = 0
     sleeps = Sleeps()
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal attempts
         attempts += 1
         raise exc
@@ -480,7 +511,7 @@ async def test_budget_share_caps_hydration_and_leaves_the_rest_to_polls() -> Non
 async def test_deadline_turns_a_never_answering_fetch_into_failed_within_the_deadline() -> None:
     """A fetch that never answers yields `failed` once deadline_seconds pass, not never."""
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
@@ -498,7 +529,7 @@ async def test_deadline_also_bounds_retries_and_their_backoff() -> None:
     """A fetch failing retriably forever stops at the deadline, not after every attempt."""
     attempts = 0
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal attempts
         attempts += 1
         raise StripeServerError("busy", status=503)
@@ -532,7 +563,7 @@ async def test_coalescing_ignores_stripe_created(created_ms: int) -> None:
     gate = asyncio.Event()
     sent = [asyncio.Event(), asyncio.Event()]
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal calls
         calls += 1
         version = calls
@@ -563,7 +594,7 @@ async def test_concurrent_hydrate_all_from_two_readers_needs_no_lock() -> None:
     gate = asyncio.Event()
     both_sent = asyncio.Event()
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         sent.append(url)
         if len(sent) == 2:
             both_sent.set()

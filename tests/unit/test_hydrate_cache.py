@@ -24,7 +24,7 @@ class Versions:
         self.gate.set()
         self.sent = asyncio.Event()
 
-    async def __call__(self, url: str, account: str | None) -> dict[str, Any]:
+    async def __call__(self, url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         self.calls += 1
         version = self.calls
         self.sent.set()
@@ -93,7 +93,7 @@ async def test_failures_are_not_kept_but_not_found_is() -> None:
     after the event was listed) serves events listed before it went out."""
     calls = 0
 
-    async def fetch(url: str, account: str | None) -> dict[str, Any]:
+    async def fetch(url: str, account: str | None, priority: int = 0) -> dict[str, Any]:
         nonlocal calls
         calls += 1
         if url == URL:

@@ -137,7 +137,7 @@ class _Source:
         empty: list[Event] = []
         yield empty
 
-    async def accept(self, events: list[Event], newest: int | None) -> int:
+    async def accept(self, events: list[Event], newest: int | None, priority: int = 0) -> int:
         return len(events)
 
 

@@ -13,7 +13,7 @@ from ingestor.events import Event, Stream
 from ingestor.limits import Priority
 from ingestor.ratelimit import RateBudget
 from ingestor.stream import StreamState
-from ingestor.tail import Tail
+from ingestor.tail import SWEEP_HYDRATION, Tail
 
 NOW = 1_000_000_000
 
@@ -35,6 +35,7 @@ class Fake:
         self.pages: list[list[list[Event]]] = []
         self.windows: list[tuple[int, int | None, int]] = []
         self.accepted: list[tuple[int, int | None]] = []
+        self.priorities: list[int] = []
         self.gap_results: list[tuple[int, int] | None] = []
         self.gap_calls = 0
         self.rt = StreamState(Stream("v1", None))
@@ -50,8 +51,10 @@ class Fake:
         for page in self.pages.pop(0) if self.pages else []:
             yield page
 
-    async def accept(self, events: list[Event], newest: int | None) -> int:
+    async def accept(self, events: list[Event], newest: int | None, priority: int = 0) -> int:
         self.accepted.append((len(events), newest))
+        if events:
+            self.priorities.append(priority)
         fresh, _ = self.rt.claim(events)
         self.rt.mark(fresh)
         if newest is not None:
@@ -133,6 +136,19 @@ async def test_a_sweep_reads_behind_the_poll_window_under_its_budget_page_by_pag
     assert await t.sweep() == (6, NOW)
     assert f.windows == [(NOW - 600_000, NOW - 1_000 - 5_000, 1)]
     assert f.accepted == [(2, None), (2, None), (2, None)]
+
+
+async def test_a_sweeps_events_hydrate_ahead_of_a_polls() -> None:
+    """A poll's new events hydrate at hydration priority and a sweep's (late ones) at the
+    sweep's own, better one: a sweep page never waits behind a catch-up's backlog."""
+    f = Fake()
+    f.rt.advance_watermark(NOW - 1_000)
+    f.pages = [pages(1), pages(1, 100)]
+    t = f.tail()
+    await t.poll()
+    await t.sweep()
+    assert f.priorities == [Priority.HYDRATE, SWEEP_HYDRATION]
+    assert SWEEP_HYDRATION < Priority.HYDRATE
 
 
 async def test_run_once_polls_until_caught_up_then_sweeps_once() -> None:
