@@ -158,6 +158,10 @@ class TailConfig:
     sweep_window_seconds: float = 600.0
     sweep_interval_seconds: float = 60.0
     sweep_budget_share: float = 0.10
+    # Share of the global rate (of its current rate, after 429s), within the sweep share, that
+    # sweeps get ahead of hydration rather than behind it: 429s that cut the rate while thin
+    # events pile up slow the sweeps down but cannot stop them.
+    sweep_reserved_share: float = 0.05
     batch_max_events: int = 8000
     # Share of each limiter's rate that idle streams' polls may use together; it sets how
     # far an idle stream's poll interval may grow (streams / (share x rate)).
@@ -553,6 +557,10 @@ def validate(config: Config) -> None:
         raise ConfigError("tail.poll_interval", "expected positive durations")
     if not 0 < t.sweep_budget_share <= 1:
         raise ConfigError("tail.sweep_budget_share", "expected a share in (0, 1]")
+    if not 0 <= t.sweep_reserved_share <= t.sweep_budget_share:
+        raise ConfigError(
+            "tail.sweep_reserved_share", "expected a share in [0, tail.sweep_budget_share]"
+        )
     if not 0 < t.idle_budget_share <= 1:
         raise ConfigError("tail.idle_budget_share", "expected a share in (0, 1]")
     if s.accounts_rescan_seconds <= 0:

@@ -34,9 +34,10 @@ class Priority(IntEnum):
     """Who gets the next token or slot when several wait: the lowest value first."""
 
     TAIL = 0  # live polls: what users see as latency
-    HYDRATE = 1  # related objects of thin events already read
-    SWEEP = 2  # re-reads for late events
-    BACKFILL = 3  # history: takes whatever the others leave
+    SWEEP_RESERVED = 1  # sweeps within their reserve (`RateBudget.reserve`): never starved
+    HYDRATE = 2  # related objects of thin events already read
+    SWEEP = 3  # re-reads for late events
+    BACKFILL = 4  # history: takes whatever the others leave
 
 
 class ConcurrencyCap:
@@ -220,13 +221,25 @@ class Limits:
         extra: Sequence[RateBudget] = (),
     ) -> AsyncIterator[None]:
         """Waits for a token of every bucket `op` counts against (and of each `extra` cap,
-        first) and a slot of each concurrency cap; holds the slots until the block ends."""
+        first) and a slot of each concurrency cap; holds the slots until the block ends.
+        An `extra` cap with a reserve (`RateBudget.reserve`, at most one) may lift the
+        request's priority for every limiter after it (`RateBudget.lifting`)."""
+        reserved: RateBudget | None = None
         for budget in extra:
             await budget.acquire(priority=priority)
-        await op.bucket.acquire(priority=priority)
-        if op.files is not None:
-            await op.files.acquire(priority=priority)
-        await self._global.acquire(priority=priority)
+            if budget.reserved:
+                reserved = budget
+
+        async def rates(at: int) -> None:
+            await op.bucket.acquire(priority=at)
+            if op.files is not None:
+                await op.files.acquire(priority=at)
+            await self._global.acquire(priority=at)
+
+        if reserved is None:
+            await rates(priority)
+        else:
+            priority = await reserved.lifting(rates, priority)
         seq = next(self._arrivals)
         await op.slots.acquire(priority, seq)
         try:

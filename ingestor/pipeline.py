@@ -154,6 +154,13 @@ class Pipeline:
         # bound is the memory bound.
         self.queue = CommitQueue(max_items=config.tail.batch_max_events)
         self.sweep_budget = client.budget.share(config.tail.sweep_budget_share)
+        if config.tail.sweep_reserved_share > 0:
+            # Seed 303: a 429 storm halved the rate while hydration had a backlog, sweeps got
+            # 0.4 requests/s, ran slower than the time they covered and were cut.
+            self.sweep_budget.reserve(
+                config.tail.sweep_reserved_share / config.tail.sweep_budget_share,
+                Priority.SWEEP_RESERVED,
+            )
         self.gap = GapAlarm(config.alarms.gap_threshold_seconds)
         self.runtimes: dict[Stream, StreamState] = {}
         self.restored = False  # Kafka answered this generation's state restore

@@ -19,6 +19,8 @@ DECREASE_INTERVAL = 1.0
 # Float rounding can leave a deficit too small for any clock to advance past; count it as paid.
 EPSILON = 1e-9
 MIN_WAIT = 0.001
+# A reserve follows its parent's rate down, but never to a standstill.
+MIN_RESERVE_RATE = 0.01
 # The fair-queueing table is pruned of idle parties once it holds 4x this many.
 FAIR_PARTIES_KEPT = 10_000
 
@@ -125,6 +127,13 @@ class RateBudget:
         # Fair queueing: the virtual time served so far, and each party's next start.
         self._vnow = 0.0
         self._vnext: dict[str, float] = {}
+        # A reserved part of this budget's rate whose requests wait at a better priority.
+        self._reserve: RateBudget | None = None
+        self._reserve_fraction = 0.0
+        self._reserve_priority = 0
+        # For a share: the budget it is a share of, and which fraction.
+        self._parent: RateBudget | None = None
+        self._fraction = 1.0
         self._publish()
 
     @property
@@ -158,13 +167,91 @@ class RateBudget:
         """
         if not 0 < fraction <= 1:
             raise ValueError(f"share must be in (0, 1], got {fraction!r}")
-        return RateBudget(
+        sub = RateBudget(
             self._configured * fraction,
             min_rate=min(self._min_rate, self._configured * fraction),
             clock=self._clock,
             sleep=self._sleep,
             report=False,
         )
+        sub._parent = self
+        sub._fraction = fraction
+        return sub
+
+    def reserve(self, fraction: float, priority: int) -> None:
+        """Sets aside `fraction` of this budget's rate for requests lifted to `priority` (see
+        `lift`): the class this budget caps is never starved outright by better-placed
+        traffic, yet takes no more than the reserve ahead of it. For a share, the reserve is
+        that fraction of the share of the parent's *current* rate: when 429s cut the rate,
+        the reserve shrinks with it and never takes everything from whom it goes ahead of."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"reserve must be in (0, 1], got {fraction!r}")
+        self._reserve_fraction = fraction
+        self._reserve = RateBudget(
+            self._configured * fraction,
+            min_rate=MIN_RESERVE_RATE,
+            clock=self._clock,
+            sleep=self._sleep,
+            report=False,
+        )
+        self._reserve_priority = priority
+
+    @property
+    def reserved(self) -> bool:
+        return self._reserve is not None
+
+    async def lifting(self, admit: Callable[[int], Awaitable[None]], priority: int) -> int:
+        """Runs `admit(priority)` (the waits for every other limiter), lifted to the reserve's
+        priority if a token of the reserve comes first; returns the priority it ran at.
+
+        A request that found no reserve token on arrival waits at its own priority until
+        the next one accrues, then queues again, lifted: a backlog ahead of it that begins
+        after it queued cannot hold it for longer than the reserve's interval. (Tokens it
+        took from other limiters before it was lifted are spent: one request's worth.)
+        """
+        reserve = self._reserve
+        if reserve is None:
+            await admit(priority)
+            return priority
+        if self._parent is not None:
+            reserve._refill()  # what accrued so far accrued at the old rate
+            reserve._rate = max(
+                MIN_RESERVE_RATE, self._parent.rate * self._fraction * self._reserve_fraction
+            )
+        lifted = min(priority, self._reserve_priority)
+        if not reserve.try_take():
+            # Raced against this bucket's own sleep, not a loop timeout: its clock may be
+            # another (a test's manual one).
+            async def wait(aw: Awaitable[None]) -> None:
+                await aw
+
+            async with asyncio.TaskGroup() as tg:
+                waited = tg.create_task(wait(admit(priority)))
+                timer = tg.create_task(wait(self._sleep(reserve.wait_for_token())))
+                await asyncio.wait((waited, timer), return_when=asyncio.FIRST_COMPLETED)
+                timer.cancel()
+                if not waited.done():
+                    waited.cancel()
+            if not waited.cancelled():
+                return priority
+            await reserve.acquire(priority=priority)
+        await admit(lifted)
+        return lifted
+
+    def wait_for_token(self) -> float:
+        """Seconds until a whole token will be saved up (0 if one is now)."""
+        self._refill()
+        return max(0.0, (1.0 - self._tokens) / self._rate)
+
+    def try_take(self) -> bool:
+        """Takes a token if one is free now, without waiting and without queueing."""
+        if not self._lock.idle():
+            return False
+        self._refill()
+        if self._tokens + EPSILON >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
     async def acquire(self, cost: float = 1.0, *, priority: int = 0) -> None:
         """Waits until `cost` tokens are available and takes them; among waiters the lowest

@@ -185,6 +185,17 @@ def test_hydrate_share_and_deadline_are_validated(key: str, value: str) -> None:
     assert info.value.setting == key
 
 
+@pytest.mark.parametrize("value", ["-0.01", "0.2"])
+def test_a_sweep_reserve_outside_the_sweep_share_names_its_key(value: str) -> None:
+    """The sweeps' reserved share must lie within [0, tail.sweep_budget_share] (0.1)."""
+    key = "tail.sweep_reserved_share"
+    with pytest.raises(ConfigError) as info:
+        config.load(env={"STRIPE_API_KEY": KEY}, flags={key: value}, defaults_file=None)
+    assert info.value.setting == key
+    ok = config.load(env={"STRIPE_API_KEY": KEY}, flags={key: "0"}, defaults_file=None)
+    assert ok.config.tail.sweep_reserved_share == 0
+
+
 def test_topic_partitions_and_replication_default_to_the_broker() -> None:
     """Both default to 0 (the broker's own default), shown as such by `config show`;
     negative values are bad configuration naming the key."""

@@ -309,6 +309,50 @@ async def test_priorities_hold_through_every_limiter_of_a_request() -> None:
     assert order.index("sweep") < order.index("backfill0")
 
 
+@pytest.mark.parametrize("reserved", [False, True])
+async def test_a_reserved_share_keeps_sweeps_moving_behind_a_hydration_backlog(
+    reserved: bool,
+) -> None:
+    """With 40 hydration requests queued on a 10/s rate, sweeps (a 50% share, behind
+    hydration) get nothing for 3 s; with 20% of their share reserved ahead of hydration they
+    get about that reserve, 1 request/s, and hydration keeps the rest."""
+    clock = ManualClock()
+    lim = limits(clock, rate=10.0, endpoint_rate=100.0)
+    op = lim.operation("GET", "/v1/events")
+    async with lim.admit(op):
+        pass  # the one-token burst is spent
+    share = lim.global_budget.share(0.5)
+    if reserved:
+        share.reserve(0.2, Priority.SWEEP_RESERVED)
+    swept = hydrated = 0
+
+    async def hydrate() -> None:
+        nonlocal hydrated
+        async with lim.admit(op, Priority.HYDRATE):
+            hydrated += 1
+
+    async def sweep() -> None:
+        nonlocal swept
+        while True:
+            async with lim.admit(op, Priority.SWEEP, (share,)):
+                swept += 1
+
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(hydrate()) for _ in range(40)]
+        tasks.append(tg.create_task(sweep()))
+        await settle()
+        for _ in range(300):
+            await clock.advance(0.01)
+        for t in tasks:
+            t.cancel()
+    if reserved:
+        assert 2 <= swept <= 4
+        assert hydrated >= 25
+    else:
+        assert swept == 0
+        assert hydrated >= 29
+
+
 async def test_a_higher_priority_slot_waiter_is_served_first() -> None:
     """When a concurrency slot frees, the best waiting priority takes it, whatever came first."""
     cap = ConcurrencyCap(1)
