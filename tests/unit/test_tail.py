@@ -13,7 +13,7 @@ from ingestor.events import Event, Stream
 from ingestor.limits import Priority
 from ingestor.ratelimit import RateBudget
 from ingestor.stream import StreamState
-from ingestor.tail import SWEEP_HYDRATION, Tail
+from ingestor.tail import SLOW_SWEEPS_BEFORE_CUT, SWEEP_HYDRATION, Tail
 
 NOW = 1_000_000_000
 
@@ -294,17 +294,18 @@ async def test_sweeps_slower_than_their_window_are_cut_to_twice_it_and_each_cut_
     """At event rates where sweeps read created time slower than it passes (their budget
     share too small), they would each start further back without bound: the next one covers
     twice the window, and the skipped range is counted and logged as an error, never
-    silently. One slow sweep of a long range, such as a restart's, is not cut."""
+    silently. Fewer slow sweeps in a row, such as a restart's and one through a 429 storm,
+    are not cut: they catch up."""
     f = Fake()
     f.rt.advance_watermark(NOW + 3_000_000)
     t = f.tail()
-    # One slow sweep of a long range (a restart's after a stop) catches up: no cut.
-    t.sweep_seconds, t.swept_seconds = 1_500.0, 3_600.0
+    t.slow_sweeps = SLOW_SWEEPS_BEFORE_CUT - 1
     await t.sweep()
     assert merged(f.windows) == [(NOW - 600_000, NOW + 3_000_000 - 5_000, 1)]
+    assert t.slow_sweeps == 0  # that one was quick
     f.windows.clear()
-    # The last sweep read created time slower than it passes, and took over the window.
-    t.sweep_seconds, t.swept_seconds = 1_300.0, 1_200.0
+    # The last sweeps read created time slower than it passes, and took over the window.
+    t.sweep_seconds, t.slow_sweeps = 1_300.0, SLOW_SWEEPS_BEFORE_CUT
     skipped = metrics.SWEEP_SKIPPED.labels(stream=f.rt.stream.key)
     before = skipped._value.get()
     with structlog.testing.capture_logs() as logs:
@@ -315,8 +316,8 @@ async def test_sweeps_slower_than_their_window_are_cut_to_twice_it_and_each_cut_
     [line] = [e for e in logs if e["log_level"] == "error"]
     assert line["skipped_from"] == NOW - 600_000
     assert line["skipped_to"] == hi - 1_200_000
-    # A sweep within its window is not cut.
-    t.sweep_seconds, t.swept_seconds = 30.0, 1_200.0
+    # After a sweep within its window the next is not cut.
+    assert t.slow_sweeps == 0
     await t.sweep()
     assert merged(f.windows)[-1] == (NOW - 600_000, hi, 1)
 
