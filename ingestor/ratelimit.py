@@ -180,7 +180,7 @@ class RateBudget:
 
     def reserve(self, fraction: float, priority: int) -> None:
         """Sets aside `fraction` of this budget's rate for requests lifted to `priority` (see
-        `lift`): the class this budget caps is never starved outright by better-placed
+        `lifting`): the class this budget caps is never starved outright by better-placed
         traffic, yet takes no more than the reserve ahead of it. For a share, the reserve is
         that fraction of the share of the parent's *current* rate: when 429s cut the rate,
         the reserve shrinks with it and never takes everything from whom it goes ahead of."""
