@@ -51,6 +51,14 @@ class _Flight:
         self.sent: int | None = None
         self.priority = priority
 
+    def serves(self, known: int, priority: int) -> bool:
+        """Whether an event known at tick `known`, hydrated at `priority`, may share this
+        fetch: one already sent must have left after `known`; one still queued must not be
+        queued at a worse priority (the event would wait behind the same backlog)."""
+        if self.sent is not None:
+            return self.sent > known
+        return self.priority <= priority
+
 
 class _Done:
     """A completed fetch kept for events that were known before its request went out."""
@@ -282,13 +290,8 @@ class Hydrator:
         # event's state: sharing never gives an event an object older than itself. Both
         # stamps come from our own clock; Stripe's `created` is another machine's clock and
         # says nothing about when our request left.
-        # The newest eligible fetch first: one in flight is newer than any kept one. (Not one
-        # still queued behind others at a lower priority: this event would wait with it.)
-        if (
-            current is not None
-            and (current[0].sent is None or current[0].sent > known)
-            and (current[0].sent is not None or current[0].priority <= priority)
-        ):
+        # The newest eligible fetch first: one in flight is newer than any kept one.
+        if current is not None and current[0].serves(known, priority):
             HYDRATION_REQUESTS.labels(result="coalesced").inc()
             task = current[1]
         elif (kept := self.cache.get(key, known)) is not None:

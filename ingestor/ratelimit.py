@@ -244,14 +244,11 @@ class RateBudget:
         return max(0.0, (1.0 - self._tokens) / self._rate)
 
     def try_take(self) -> bool:
-        """Takes a token if one is free now, without waiting and without queueing."""
-        if not self._lock.idle():
+        """Takes a token if one is free now (`has_room`), without waiting or queueing."""
+        if not self.has_room():
             return False
-        self._refill()
-        if self._tokens + EPSILON >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+        self._tokens -= 1.0
+        return True
 
     async def acquire(self, cost: float = 1.0, *, priority: int = 0) -> None:
         """Waits until `cost` tokens are available and takes them; among waiters the lowest
